@@ -1,0 +1,1 @@
+"""Alert lifecycle, routing, notifications and the field-team API (see the alerts issue)."""

@@ -1,0 +1,100 @@
+"""Settings: environment variables `CITYVITALS_…`, then a `.env` file, then a TOML file.
+
+Every setting is listed in the README. `CITYVITALS_SETTINGS_FILE` names a TOML
+file (default `cityvitals.toml` in the working directory, if present).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Annotated, Any
+
+from pydantic import Field, field_validator
+from pydantic_settings import (
+    BaseSettings,
+    NoDecode,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+from devices.durations import parse_duration
+
+
+def _seconds(value: Any) -> Any:
+    if isinstance(value, str):
+        return parse_duration(value).total_seconds()
+    return value
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="CITYVITALS_",
+        env_file=".env",
+        extra="ignore",
+        validate_default=True,
+    )
+
+    database_url: str | None = None
+    """PostgreSQL URL. Unset: the platform starts its own PostgreSQL under data_dir."""
+    mqtt_url: str | None = None
+    """mqtt://[user:password@]host[:port]. Unset: the platform starts its own Mosquitto."""
+    data_dir: Path = Path(".cityvitals")
+    """Where local services keep their data, and where their URLs are recorded."""
+    topic_root: str = Field(default="city", pattern=r"^[A-Za-z0-9_-]+$")
+    districts: Annotated[list[str], NoDecode] = []
+    """Subscribe to these districts only (split work by district); empty means all."""
+    profile_dirs: Annotated[list[Path], NoDecode] = []
+    """Extra directories of device profiles, beside the built-in ones."""
+    client_id: str = "cityvitals-ingest"
+    """MQTT client id of the ingest service: its persistent session lives under it."""
+    batch_size: int = Field(default=5000, ge=1)
+    """Flush readings to the database when this many messages are waiting…"""
+    flush_interval: float = Field(default=0.05, gt=0)
+    """…or when the oldest waiting message is this many seconds old."""
+    max_in_flight: int = Field(default=20000, ge=10, le=65535)
+    """Messages received but not yet committed. Past this the broker holds the rest."""
+    max_payload_bytes: int = Field(default=256 * 1024, ge=1024)
+    """Larger payloads are dead-lettered (first dead_letter_keep_bytes kept)."""
+    dead_letter_keep_bytes: int = Field(default=64 * 1024, ge=256)
+    future_tolerance: float = Field(default=300.0, ge=0)
+    """Readings stamped further in the future than this are flagged clock_skew."""
+    registry_refresh: float = Field(default=30.0, gt=0)
+    """Seconds between reloads of the device registry by the ingest service."""
+    reconnect_max_delay: float = Field(default=30.0, gt=0)
+    stats_interval: float = Field(default=5.0, gt=0)
+    log_level: str = "INFO"
+
+    _normalise = field_validator(
+        "flush_interval",
+        "future_tolerance",
+        "registry_refresh",
+        "reconnect_max_delay",
+        "stats_interval",
+        mode="before",
+    )(_seconds)
+
+    @field_validator("districts", "profile_dirs", mode="before")
+    @classmethod
+    def _comma_list(cls, value: Any) -> Any:
+        if isinstance(value, str) and not value.strip().startswith("["):
+            return [v.strip() for v in value.split(",") if v.strip()]
+        return value
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        toml_file = Path(os.environ.get("CITYVITALS_SETTINGS_FILE", "cityvitals.toml"))
+        return (
+            init_settings,
+            env_settings,
+            dotenv_settings,
+            TomlConfigSettingsSource(settings_cls, toml_file=toml_file),
+        )

@@ -1,0 +1,1 @@
+"""Virtual field devices, scenarios, fault injection and replay (see the simulators issue)."""
