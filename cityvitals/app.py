@@ -75,9 +75,11 @@ def endpoints(settings: Settings) -> Iterator[Endpoints]:
             started["mosquitto_port"] = broker.port
         if started:
             record = data_dir / SERVICES_FILE
-            record.write_text(json.dumps(
-                {**started, "database_url": db_url, "mqtt_url": mqtt_url, "pid": os.getpid()}
-            ))
+            record.write_text(
+                json.dumps(
+                    {**started, "database_url": db_url, "mqtt_url": mqtt_url, "pid": os.getpid()}
+                )
+            )
         yield Endpoints(db_url, mqtt_url, bool(started))
 
 

@@ -43,12 +43,16 @@ def available_migrations(flavor: Flavor, directory: Path = MIGRATIONS_DIR) -> li
     for path in sorted(directory.glob("*.sql")):
         m = _FILE.match(path.name)
         if m is None:
-            raise MigrationError(f"{path}: migration files are named NNNN_name[.plain|.timescale].sql")
+            raise MigrationError(
+                f"{path}: migration files are named NNNN_name[.plain|.timescale].sql"
+            )
         version, name, variant = int(m.group(1)), m.group(2), m.group(3)
         if variant is not None and variant != flavor:
             continue
         if version in by_version:
-            raise MigrationError(f"{path}: version {version} is also {by_version[version].path.name}")
+            raise MigrationError(
+                f"{path}: version {version} is also {by_version[version].path.name}"
+            )
         by_version[version] = Migration(version, name, path)
     return [by_version[v] for v in sorted(by_version)]
 
@@ -56,7 +60,8 @@ def available_migrations(flavor: Flavor, directory: Path = MIGRATIONS_DIR) -> li
 def detect_flavor(conn: psycopg.Connection[tuple[object, ...]]) -> Flavor:
     """`timescale` when the TimescaleDB extension is installed or can be created."""
     row = conn.execute(
-        "SELECT installed_version IS NOT NULL FROM pg_available_extensions WHERE name = 'timescaledb'"
+        "SELECT installed_version IS NOT NULL FROM pg_available_extensions "
+        "WHERE name = 'timescaledb'"
     ).fetchone()
     if row is None:
         return "plain"
@@ -105,7 +110,7 @@ def upgrade(url: str, directory: Path = MIGRATIONS_DIR) -> UpgradeResult:
                 if migration.version in done:
                     continue
                 try:
-                    conn.execute(migration.path.read_text())  # type: ignore[call-overload]
+                    conn.execute(migration.path.read_text())
                 except psycopg.Error as exc:
                     raise MigrationError(
                         f"{migration.path.name} failed, nothing was changed: {exc}"

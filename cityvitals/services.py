@@ -100,9 +100,7 @@ def find_pg_bindir() -> Path:
     """The directory holding initdb/pg_ctl/postgres: CITYVITALS_PG_BINDIR, PATH, or Debian's."""
     if env := os.environ.get("CITYVITALS_PG_BINDIR"):
         return Path(env)
-    candidates = sorted(
-        glob.glob("/usr/lib/postgresql/*/bin"), key=lambda p: int(p.split("/")[-2])
-    )
+    candidates = sorted(glob.glob("/usr/lib/postgresql/*/bin"), key=lambda p: int(p.split("/")[-2]))
     for directory in reversed(candidates):
         if (Path(directory) / "initdb").exists():
             return Path(directory)
@@ -115,7 +113,11 @@ def find_mosquitto() -> Path:
     for candidate in (os.environ.get("CITYVITALS_MOSQUITTO"), shutil.which("mosquitto")):
         if candidate:
             return Path(candidate)
-    for path in ("/usr/sbin/mosquitto", "/usr/local/sbin/mosquitto", "/opt/homebrew/sbin/mosquitto"):
+    for path in (
+        "/usr/sbin/mosquitto",
+        "/usr/local/sbin/mosquitto",
+        "/opt/homebrew/sbin/mosquitto",
+    ):
         if Path(path).exists():
             return Path(path)
     raise ServiceError(f"the mosquitto broker binary was not found: {MOSQUITTO_INSTALL_HINT}")
@@ -159,8 +161,10 @@ class LocalPostgres:
         result = self._as.run(
             [
                 str(self.bindir / "initdb"),
-                "-D", str(self.datadir),
-                "-U", "postgres",
+                "-D",
+                str(self.datadir),
+                "-U",
+                "postgres",
                 "--auth=trust",
                 "--encoding=UTF8",
                 "--locale=C",
@@ -174,8 +178,9 @@ class LocalPostgres:
             )
 
     def _pg_ctl(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[bytes]:
-        result = self._as.run([str(self.bindir / "pg_ctl"), "-D", str(self.datadir), *args],
-                              capture_output=True)
+        result = self._as.run(
+            [str(self.bindir / "pg_ctl"), "-D", str(self.datadir), *args], capture_output=True
+        )
         if check and result.returncode != 0:
             log = self.logfile.read_text(errors="replace")[-2000:] if self.logfile.exists() else ""
             raise ServiceError(
@@ -199,8 +204,9 @@ class LocalPostgres:
         ]
         if self.fast_unsafe:
             options += ["-c fsync=off", "-c synchronous_commit=off", "-c full_page_writes=off"]
-        self._pg_ctl("start", "-w", "-t", str(int(timeout)), "-l", str(self.logfile),
-                     "-o", " ".join(options))
+        self._pg_ctl(
+            "start", "-w", "-t", str(int(timeout)), "-l", str(self.logfile), "-o", " ".join(options)
+        )
         self._ensure_database()
 
     def _ensure_database(self) -> None:
@@ -227,7 +233,9 @@ class LocalPostgres:
         return self
 
     def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None,
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
         self.stop()
@@ -300,7 +308,9 @@ class LocalMosquitto:
         try:
             wait_for_port(self.port, timeout, self._process)
         except ServiceError as exc:
-            stderr = self._process.stderr.read().decode(errors="replace") if self._process.stderr else ""
+            stderr = (
+                self._process.stderr.read().decode(errors="replace") if self._process.stderr else ""
+            )
             raise ServiceError(f"mosquitto on port {self.port}: {exc}\n{stderr}") from None
 
     def stop(self, timeout: float = 20) -> None:
@@ -336,7 +346,9 @@ class LocalMosquitto:
         return self
 
     def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None,
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
         self.stop()

@@ -10,6 +10,7 @@ decode its payloads, default rules and a simulator model. See
 from __future__ import annotations
 
 import importlib
+import math
 import re
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from datetime import timedelta
@@ -71,8 +72,15 @@ class MetricSpec(_Strict):
             raise ValueError("an enum metric needs `values: {word: number, ...}`")
         if self.type != "enum" and self.values is not None:
             raise ValueError(f"`values` is only for enum metrics, this one is {self.type}")
-        if self.range is not None and self.range[0] > self.range[1]:
-            raise ValueError(f"range minimum {self.range[0]} exceeds maximum {self.range[1]}")
+        if self.range is not None:
+            if not all(math.isfinite(v) for v in self.range):
+                raise ValueError("range bounds must be finite numbers")
+            if self.range[0] > self.range[1]:
+                raise ValueError(f"range minimum {self.range[0]} exceeds maximum {self.range[1]}")
+            if self.type in ("bool", "enum"):
+                raise ValueError(f"a {self.type} metric takes no range")
+        if self.values is not None and len(set(self.values.values())) != len(self.values):
+            raise ValueError("two enum words share a number; give each word its own")
         return self
 
     @cached_property
@@ -166,8 +174,7 @@ class DeviceProfile(_Strict):
         for key in value:
             if not _NAME.match(key):
                 raise ValueError(
-                    f"name {key!r} must be lower-case letters, digits and _ "
-                    "and start with a letter"
+                    f"name {key!r} must be lower-case letters, digits and _ and start with a letter"
                 )
         return value
 
@@ -192,16 +199,17 @@ class DeviceProfile(_Strict):
             _import_decoder(value)
         return value
 
-    @model_validator(mode="after")
-    def _event_codes_unique(self) -> DeviceProfile:
+    @field_validator("events")
+    @classmethod
+    def _event_codes_unique(cls, value: dict[str, EventSpec]) -> dict[str, EventSpec]:
         seen: dict[int, str] = {}
-        for name, spec in self.events.items():
+        for name, spec in value.items():
             if spec.code is None:
                 continue
             if spec.code in seen:
                 raise ValueError(f"events {seen[spec.code]} and {name} share code {spec.code}")
             seen[spec.code] = name
-        return self
+        return value
 
     @cached_property
     def decode(self) -> Decoder | None:
@@ -220,6 +228,7 @@ class DeviceProfile(_Strict):
         """
         out: dict[str, Any] = {}
         problems: list[str] = []
+        failed: set[str] = set()
         for key, value in raw.items():
             if value is None or (isinstance(value, str) and not value.strip()):
                 continue
@@ -231,8 +240,9 @@ class DeviceProfile(_Strict):
                 out[key] = spec.convert(value)
             except ValueError as exc:
                 problems.append(f"attribute {key}: {exc}")
+                failed.add(key)
         for key, spec in self.attributes.items():
-            if key in out:
+            if key in out or key in failed:
                 continue
             if spec.default is not None:
                 out[key] = spec.convert(spec.default)
@@ -330,7 +340,10 @@ def load_profile(path: Path | str, search: Iterable[Path] = ()) -> DeviceProfile
     try:
         profile = DeviceProfile.model_validate({**data, "path": path})
     except ValidationError as exc:
-        problems += [(_field_path(err["loc"]), err["msg"]) for err in exc.errors()]
+        problems += [
+            (_field_path(err["loc"]), err["msg"].removeprefix("Value error, "))
+            for err in exc.errors()
+        ]
         raise ProfileError(path, problems) from None
     if problems:
         raise ProfileError(path, problems)

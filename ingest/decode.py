@@ -75,7 +75,7 @@ class DecodedMessage:
     out_of_range: int = 0
 
 
-class _Reject(Exception):
+class _Reject(Exception):  # noqa: N818 - control flow inside decode(), never escapes
     def __init__(self, reason: DeadLetterReason, detail: str) -> None:
         self.reason = reason
         self.detail = detail
@@ -249,7 +249,11 @@ class MessageDecoder:
                 )
         elif isinstance(raw, int | float) and not isinstance(raw, bool):
             if not (_EPOCH_MS_MIN <= raw < _EPOCH_MS_MAX):
-                hint = " (it looks like seconds)" if _EPOCH_MS_MIN <= raw * 1000 < _EPOCH_MS_MAX else ""
+                hint = (
+                    " (it looks like seconds)"
+                    if _EPOCH_MS_MIN <= raw * 1000 < _EPOCH_MS_MAX
+                    else ""
+                )
                 raise _Reject(
                     DeadLetterReason.BAD_TIMESTAMP,
                     f"{where}ts {raw} is not epoch milliseconds between 2000 and 2100{hint}",
@@ -312,9 +316,7 @@ class MessageDecoder:
             try:
                 value = _coerce(spec, raw)
             except ValueError as exc:
-                problems.append(
-                    (DeadLetterReason.WRONG_TYPE, f"{where}values.{metric}: {exc}")
-                )
+                problems.append((DeadLetterReason.WRONG_TYPE, f"{where}values.{metric}: {exc}"))
                 continue
             quality = flags
             if spec.range is not None and not (spec.range[0] <= value <= spec.range[1]):

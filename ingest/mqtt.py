@@ -21,6 +21,7 @@ from typing import Any
 from urllib.parse import unquote, urlsplit
 
 import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.subscribeoptions import SubscribeOptions
@@ -62,12 +63,16 @@ class BrokerAddress:
 
 
 def make_client(
-    address: BrokerAddress, client_id: str, *, manual_ack: bool = False,
-    session_expiry: int = 0, receive_maximum: int = 65535,
+    address: BrokerAddress,
+    client_id: str,
+    *,
+    manual_ack: bool = False,
+    session_expiry: int = 0,
+    receive_maximum: int = 65535,
 ) -> tuple[mqtt.Client, Properties]:
     """A paho MQTT 5 client for `address`, and the CONNECT properties to use with it."""
     client = mqtt.Client(
-        mqtt.CallbackAPIVersion.VERSION2,
+        CallbackAPIVersion.VERSION2,
         client_id=client_id,
         protocol=mqtt.MQTTv5,
         manual_ack=manual_ack,
@@ -78,7 +83,7 @@ def make_client(
         client.tls_set(cert_reqs=ssl.CERT_REQUIRED)
     client.max_inflight_messages_set(1000)
     client.max_queued_messages_set(0)
-    props = Properties(PacketTypes.CONNECT)
+    props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
     props.SessionExpiryInterval = session_expiry
     props.ReceiveMaximum = receive_maximum
     return client, props
@@ -112,9 +117,13 @@ class MqttReceiver:
         self.filters = filters
         self.max_in_flight = max_in_flight
         self._client, self._props = make_client(
-            address, client_id, manual_ack=True, session_expiry=session_expiry, receive_maximum=min(max_in_flight, 65535),
+            address,
+            client_id,
+            manual_ack=True,
+            session_expiry=session_expiry,
+            receive_maximum=min(max_in_flight, 65535),
         )
-        self._client.reconnect_delay_set(0.2, max(1, int(reconnect_max_delay)))
+        self._client.reconnect_delay_set(1, max(1, int(reconnect_max_delay)))
         self._client.on_connect = self._on_connect
         self._client.on_disconnect = self._on_disconnect
         self._client.on_message = self._on_message
@@ -134,8 +143,9 @@ class MqttReceiver:
 
     # -- network thread -------------------------------------------------------
 
-    def _on_connect(self, client: mqtt.Client, userdata: Any, flags: Any, reason: Any,
-                    properties: Any) -> None:
+    def _on_connect(
+        self, client: mqtt.Client, userdata: Any, flags: Any, reason: Any, properties: Any
+    ) -> None:
         if reason.is_failure:
             self.last_error = f"broker {self.address.host}:{self.address.port} refused: {reason}"
             log.error("%s", self.last_error)
@@ -146,13 +156,18 @@ class MqttReceiver:
         client.subscribe([(f, options) for f in self.filters])
         self.last_error = None
         self.connected.set()
-        log.info("connected to MQTT broker %s:%s (session present: %s)",
-                 self.address.host, self.address.port, flags.session_present)
+        log.info(
+            "connected to MQTT broker %s:%s (session present: %s)",
+            self.address.host,
+            self.address.port,
+            flags.session_present,
+        )
         if self.on_connection_change:
             self.on_connection_change(True)
 
-    def _on_disconnect(self, client: mqtt.Client, userdata: Any, flags: Any, reason: Any,
-                       properties: Any) -> None:
+    def _on_disconnect(
+        self, client: mqtt.Client, userdata: Any, flags: Any, reason: Any, properties: Any
+    ) -> None:
         with self._ack_lock:
             self.generation += 1
         self.connected.clear()
@@ -168,8 +183,15 @@ class MqttReceiver:
         except UnicodeDecodeError:
             topic = msg._topic.decode("utf-8", errors="replace")
         self._queue.append(
-            InboundMessage(topic, msg.payload, msg.mid, msg.qos, bool(msg.retain),
-                           datetime.now(UTC), self.generation)
+            InboundMessage(
+                topic,
+                bytes(msg.payload),
+                msg.mid,
+                msg.qos,
+                bool(msg.retain),
+                datetime.now(UTC),
+                self.generation,
+            )
         )
         self._received += 1
         if self._idle:
@@ -188,7 +210,9 @@ class MqttReceiver:
         """Messages received and not yet acknowledged."""
         return self._received - self._acked
 
-    def take(self, max_messages: int, max_wait: float, stop: threading.Event) -> list[InboundMessage]:
+    def take(
+        self, max_messages: int, max_wait: float, stop: threading.Event
+    ) -> list[InboundMessage]:
         """Up to `max_messages`, waiting at most `max_wait` seconds after the first arrives."""
         queue = self._queue
         while not queue:
@@ -230,7 +254,10 @@ class MqttReceiver:
 
     def start(self) -> None:
         self._client.connect_async(
-            self.address.host, self.address.port, keepalive=30, clean_start=False,
+            self.address.host,
+            self.address.port,
+            keepalive=30,
+            clean_start=False,
             properties=self._props,
         )
         self._client.loop_start()

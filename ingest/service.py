@@ -8,6 +8,7 @@ the receiver's bound stops the intake.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import socket
@@ -147,10 +148,8 @@ class IngestService:
                 self._process(batch)
         finally:
             self._receiver.stop()
-            try:
+            with contextlib.suppress(psycopg.Error):
                 self._write_stats(final=True)
-            except psycopg.Error:
-                pass
             self._writer.close()
 
     def _process(self, messages: list[InboundMessage]) -> None:
@@ -191,9 +190,15 @@ class IngestService:
             except Exception:  # the rule engine's failure must not stop storage
                 log.exception("reading sink failed for a batch of %d readings", len(readings))
 
-    def _track(self, device_id: str | None, ts: datetime, first_seq: int | None,
-               last_seq: int | None, seen: dict[str, tuple[datetime, int | None, int]],
-               now: float) -> None:
+    def _track(
+        self,
+        device_id: str | None,
+        ts: datetime,
+        first_seq: int | None,
+        last_seq: int | None,
+        seen: dict[str, tuple[datetime, int | None, int]],
+        now: float,
+    ) -> None:
         """Count seq gaps and decide whether this device's last_seen is due for a write."""
         if device_id is None:
             return
@@ -207,7 +212,9 @@ class IngestService:
         held = seen.get(device_id)
         if held is not None:
             seen[device_id] = (
-                max(held[0], ts), held[1] if last_seq is None else last_seq, held[2] + gaps
+                max(held[0], ts),
+                held[1] if last_seq is None else last_seq,
+                held[2] + gaps,
             )
             return
         if gaps or now - self._last_seen_written.get(device_id, 0.0) >= self.config.last_seen_every:
@@ -228,8 +235,9 @@ class IngestService:
                 self._writer.close()
                 self.counters.db_retries += 1
                 self.last_error = f"database unavailable: {str(exc).strip()[:300]}"
-                log.warning("%s; retrying in %.1fs (backlog %d)", self.last_error, delay,
-                            self.backlog)
+                log.warning(
+                    "%s; retrying in %.1fs (backlog %d)", self.last_error, delay, self.backlog
+                )
                 # Keep waiting even when asked to stop: the batch in hand is not acknowledged,
                 # but stopping here would only delay it; a second signal kills the process.
                 time.sleep(delay)
@@ -257,7 +265,10 @@ class IngestService:
         mark_t, mark_readings, mark_messages = self._rate_mark
         elapsed = max(now - mark_t, 1e-6)
         c = self.counters
-        self.rates = ((c.readings - mark_readings) / elapsed, (c.messages - mark_messages) / elapsed)
+        self.rates = (
+            (c.readings - mark_readings) / elapsed,
+            (c.messages - mark_messages) / elapsed,
+        )
         self._rate_mark = (now, c.readings, c.messages)
         self._stats_written_at = now
         conn = self._writer.conn
@@ -279,9 +290,21 @@ class IngestService:
                        messages_per_s = EXCLUDED.messages_per_s,
                        last_error = EXCLUDED.last_error""",
                 (
-                    self.instance, socket.gethostname(), os.getpid(), self.started_at,
-                    self.connected and not final, c.messages, c.readings, c.duplicates,
-                    c.events, c.dead_letters, c.out_of_range, c.provisional, self.backlog,
-                    self.rates[0], self.rates[1], self.last_error or self._receiver.last_error,
+                    self.instance,
+                    socket.gethostname(),
+                    os.getpid(),
+                    self.started_at,
+                    self.connected and not final,
+                    c.messages,
+                    c.readings,
+                    c.duplicates,
+                    c.events,
+                    c.dead_letters,
+                    c.out_of_range,
+                    c.provisional,
+                    self.backlog,
+                    self.rates[0],
+                    self.rates[1],
+                    self.last_error or self._receiver.last_error,
                 ),
             )

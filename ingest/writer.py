@@ -112,27 +112,33 @@ class BatchWriter:
             raise
         return result
 
-    def _provisional(self, conn: psycopg.Connection[tuple[object, ...]],
-                     devices: Sequence[NewDevice]) -> int:
+    def _provisional(
+        self, conn: psycopg.Connection[tuple[object, ...]], devices: Sequence[NewDevice]
+    ) -> int:
         cur = conn.execute(
             """INSERT INTO devices (device_id, profile, district, provisional)
                SELECT d, p, s, true FROM unnest(%s::text[], %s::text[], %s::text[]) AS u(d, p, s)
                ON CONFLICT (device_id) DO NOTHING""",
-            ([d.device_id for d in devices], [d.profile for d in devices],
-             [d.district for d in devices]),
+            (
+                [d.device_id for d in devices],
+                [d.profile for d in devices],
+                [d.district for d in devices],
+            ),
         )
         return max(cur.rowcount, 0)
 
-    def _copy(self, cur: psycopg.Cursor[tuple[object, ...]], table: str,
-              readings: Iterable[Reading]) -> None:
+    def _copy(
+        self, cur: psycopg.Cursor[tuple[object, ...]], table: str, readings: Iterable[Reading]
+    ) -> None:
         with cur.copy(f"COPY {table} {_READING_COLUMNS} FROM STDIN (FORMAT BINARY)") as copy:
             copy.set_types(_COPY_TYPES)
             write = copy.write_row
             for r in readings:
                 write((r.ts, r.device_id, r.metric, r.value, r.quality))
 
-    def _readings(self, conn: psycopg.Connection[tuple[object, ...]],
-                  readings: Sequence[Reading]) -> int:
+    def _readings(
+        self, conn: psycopg.Connection[tuple[object, ...]], readings: Sequence[Reading]
+    ) -> int:
         cur = conn.cursor()
         try:
             with conn.transaction():
@@ -150,8 +156,9 @@ class BatchWriter:
         cur.execute("TRUNCATE readings_stage")
         return inserted
 
-    def _events(self, conn: psycopg.Connection[tuple[object, ...]],
-                events: Sequence[DeviceEvent]) -> int:
+    def _events(
+        self, conn: psycopg.Connection[tuple[object, ...]], events: Sequence[DeviceEvent]
+    ) -> int:
         cur = conn.execute(
             """INSERT INTO events (ts, device_id, type, code, detail)
                SELECT * FROM unnest(%s::timestamptz[], %s::text[], %s::text[], %s::int[],
@@ -167,8 +174,9 @@ class BatchWriter:
         )
         return max(cur.rowcount, 0)
 
-    def _seen(self, conn: psycopg.Connection[tuple[object, ...]],
-              seen: Sequence[SeenDevice]) -> None:
+    def _seen(
+        self, conn: psycopg.Connection[tuple[object, ...]], seen: Sequence[SeenDevice]
+    ) -> None:
         conn.execute(
             """INSERT INTO device_status AS s (device_id, state, online, changed_at, last_seen,
                                                last_seq, seq_gaps)
@@ -188,8 +196,9 @@ class BatchWriter:
             ),
         )
 
-    def _statuses(self, conn: psycopg.Connection[tuple[object, ...]],
-                  statuses: Sequence[StatusUpdate]) -> None:
+    def _statuses(
+        self, conn: psycopg.Connection[tuple[object, ...]], statuses: Sequence[StatusUpdate]
+    ) -> None:
         latest: dict[str, StatusUpdate] = {}
         for s in statuses:
             if s.device_id not in latest or s.ts >= latest[s.device_id].ts:
@@ -216,16 +225,24 @@ class BatchWriter:
             ),
         )
 
-    def _dead_letters(self, conn: psycopg.Connection[tuple[object, ...]],
-                      letters: Sequence[DeadLetter]) -> None:
+    def _dead_letters(
+        self, conn: psycopg.Connection[tuple[object, ...]], letters: Sequence[DeadLetter]
+    ) -> None:
         with conn.cursor() as cur:
             cur.executemany(
                 """INSERT INTO dead_letters (received_at, topic, payload, payload_size, reason,
                                              detail, device_id)
                    VALUES (%s, %s, %s, %s, %s, %s, %s)""",
                 [
-                    (d.received_at, d.topic, d.payload, d.payload_size, d.reason,
-                     d.detail.replace("\x00", "\\x00"), d.device_id)
+                    (
+                        d.received_at,
+                        d.topic,
+                        d.payload,
+                        d.payload_size,
+                        d.reason,
+                        d.detail.replace("\x00", "\\x00"),
+                        d.device_id,
+                    )
                     for d in letters
                 ],
             )

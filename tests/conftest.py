@@ -134,8 +134,9 @@ def run_ingest(
 
 
 @pytest.fixture
-def ingest(run_ingest: Callable[[IngestConfig], RunningIngest],
-           ingest_config: IngestConfig) -> RunningIngest:
+def ingest(
+    run_ingest: Callable[[IngestConfig], RunningIngest], ingest_config: IngestConfig
+) -> RunningIngest:
     return run_ingest(ingest_config)
 
 

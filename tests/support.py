@@ -40,8 +40,9 @@ class Publisher:
         self.client.loop_start()
         self.pending: list[mqtt.MQTTMessageInfo] = []
 
-    def send(self, topic: str, payload: bytes | str | dict[str, Any], qos: int = 1,
-             retain: bool = False) -> mqtt.MQTTMessageInfo:
+    def send(
+        self, topic: str, payload: bytes | str | dict[str, Any], qos: int = 1, retain: bool = False
+    ) -> mqtt.MQTTMessageInfo:
         if isinstance(payload, dict):
             payload = orjson.dumps(payload)
         info = self.client.publish(topic, payload, qos=qos, retain=retain)

@@ -1,0 +1,257 @@
+"""The `cityvitals` command line."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Annotated
+
+import psycopg
+import typer
+from pydantic import ValidationError
+from rich.console import Console
+from rich.logging import RichHandler
+from rich.table import Table
+
+from cityvitals import status as status_view
+from cityvitals.app import Platform, endpoints, recorded_endpoints
+from cityvitals.db import MigrationError, schema_status, upgrade
+from cityvitals.services import ServiceError
+from cityvitals.settings import Settings
+from devices.errors import ProfileError, RegistryError
+from devices.profile import load_profile, load_profiles, profile_files
+from devices.registry import read_registry_csv
+from devices.registry_store import list_devices, upsert_devices
+
+app = typer.Typer(
+    help="CityVitals: city sensors over MQTT → TimescaleDB → vital-sign alerts → Grafana.",
+    no_args_is_help=True,
+    pretty_exceptions_show_locals=False,
+)
+db_app = typer.Typer(help="Database schema.", no_args_is_help=True)
+devices_app = typer.Typer(help="Device profiles and the device registry.", no_args_is_help=True)
+app.add_typer(db_app, name="db")
+app.add_typer(devices_app, name="devices")
+
+console = Console()
+err = Console(stderr=True)
+
+
+def _settings() -> Settings:
+    try:
+        return Settings()
+    except ValidationError as exc:
+        for e in exc.errors():
+            field = ".".join(str(p) for p in e["loc"])
+            err.print(f"[red]setting CITYVITALS_{field.upper()}[/red]: {e['msg']}")
+        raise typer.Exit(2) from None
+
+
+def _logging(settings: Settings) -> None:
+    logging.basicConfig(
+        level=settings.log_level.upper(),
+        format="%(message)s",
+        handlers=[RichHandler(console=err, show_path=False, rich_tracebacks=True)],
+    )
+
+
+def _fail(message: str, code: int = 1) -> typer.Exit:
+    err.print(f"[red]error:[/red] {message}")
+    return typer.Exit(code)
+
+
+@contextlib.contextmanager
+def _database(settings: Settings) -> Iterator[str]:
+    """The database URL: configured, recorded by a running platform, or a local one started now."""
+    db_url, _ = recorded_endpoints(settings)
+    if db_url is not None:
+        yield db_url
+        return
+    local = settings.model_copy(update={"mqtt_url": "mqtt://unused"})
+    try:
+        with endpoints(local) as ends:
+            upgrade(ends.database_url)
+            yield ends.database_url
+    except ServiceError as exc:
+        raise _fail(str(exc)) from None
+
+
+@app.command()
+def run() -> None:
+    """Run the platform: ingest (and later rules and alerts) until Ctrl-C.
+
+    Without CITYVITALS_DATABASE_URL / CITYVITALS_MQTT_URL it starts a local
+    PostgreSQL and Mosquitto under CITYVITALS_DATA_DIR.
+    """
+    settings = _settings()
+    _logging(settings)
+    try:
+        with endpoints(settings) as ends:
+            platform = Platform(settings, ends)
+            console.print(
+                f"CityVitals running: schema v{platform.schema.current} "
+                f"({platform.schema.flavor}), "
+                f"{len(platform.profiles)} profiles, MQTT {ends.mqtt_url}, "
+                f"subscribed to {settings.topic_root}/"
+                f"{'{' + ','.join(settings.districts) + '}' if settings.districts else '+'}/+/+/+"
+            )
+            platform.start()
+            platform.wait()
+            c = platform.ingest.counters
+            console.print(
+                f"stopped: {c.messages} messages, {c.readings} readings stored, "
+                f"{c.duplicates} duplicates, {c.dead_letters} dead letters"
+            )
+    except (ServiceError, MigrationError, ProfileError) as exc:
+        raise _fail(str(exc)) from None
+
+
+@app.command()
+def demo(
+    duration: Annotated[
+        float | None, typer.Option(help="Stop after this many seconds (default: until Ctrl-C).")
+    ] = None,
+    rate: Annotated[float, typer.Option(help="Sample readings per device per second.")] = 1.0,
+) -> None:
+    """Run the platform with a small built-in publisher of sample readings."""
+    from cityvitals.demo import run_demo
+
+    settings = _settings()
+    _logging(settings)
+    try:
+        run_demo(settings, console, duration=duration, rate=rate)
+    except (ServiceError, MigrationError, ProfileError) as exc:
+        raise _fail(str(exc)) from None
+
+
+@app.command()
+def status() -> None:
+    """Ingest rates, backlog, dead letters by reason and devices online."""
+    settings = _settings()
+    db_url, _ = recorded_endpoints(settings)
+    if db_url is None:
+        raise _fail(
+            "no platform to ask: set CITYVITALS_DATABASE_URL, or start one with `cityvitals run`"
+        )
+    try:
+        console.print(status_view.render(db_url))
+    except psycopg.OperationalError as exc:
+        raise _fail(f"cannot reach the database at {db_url}: {exc}") from None
+
+
+@db_app.command("upgrade")
+def db_upgrade() -> None:
+    """Apply pending migrations (also done at every start)."""
+    settings = _settings()
+    try:
+        with _database(settings) as url:
+            result = upgrade(url)
+    except MigrationError as exc:
+        raise _fail(str(exc)) from None
+    if result.applied:
+        for m in result.applied:
+            console.print(f"applied {m.version:04d} {m.name}")
+    console.print(f"schema at version {result.current} ({result.flavor})")
+
+
+@db_app.command("status")
+def db_status() -> None:
+    """Show the applied migrations and whether TimescaleDB is in use."""
+    settings = _settings()
+    with _database(settings) as url:
+        flavor, applied = schema_status(url)
+    table = Table("version", "migration", "applied at", title=f"schema ({flavor or 'empty'})")
+    for version, name, at in applied:
+        table.add_row(f"{version:04d}", name, at)
+    console.print(table)
+
+
+@devices_app.command("validate")
+def devices_validate(
+    paths: Annotated[list[Path], typer.Argument(help="Profile files or directories.")],
+) -> None:
+    """Check device profile files; every problem names the file and field."""
+    files: list[Path] = []
+    for path in paths:
+        try:
+            files += profile_files([path]) if path.is_dir() else [path]
+        except ProfileError as exc:
+            raise _fail(str(exc)) from None
+    bad = 0
+    for path in files:
+        try:
+            profile = load_profile(path, [path.parent])
+        except ProfileError as exc:
+            bad += 1
+            err.print(f"[red]✗[/red] {exc}")
+            continue
+        console.print(
+            f"[green]✓[/green] {path}: {profile.name} ({profile.domain}), "
+            f"{len(profile.metrics)} metrics, {len(profile.events)} events"
+        )
+    if bad:
+        raise _fail(f"{bad} of {len(files)} profile file(s) invalid")
+
+
+@devices_app.command("import")
+def devices_import(
+    file: Annotated[Path, typer.Argument(help="CSV: id, profile, district, name, lat, lon, …")],
+) -> None:
+    """Add or update devices from a CSV file; bad rows are reported, good rows kept."""
+    settings = _settings()
+    try:
+        profiles = load_profiles(settings.profile_dirs)
+        result = read_registry_csv(file, profiles)
+    except (ProfileError, RegistryError) as exc:
+        raise _fail(str(exc)) from None
+    for problem in result.problems:
+        err.print(f"[yellow]skipped[/yellow] {problem}")
+    with _database(settings) as url, psycopg.connect(url) as conn:
+        counts = upsert_devices(conn, result.records)
+    console.print(
+        f"{file}: {counts.inserted} added, {counts.updated} updated, "
+        f"{result.rejected} row(s) skipped"
+    )
+    if result.problems:
+        raise typer.Exit(1)
+
+
+@devices_app.command("list")
+def devices_list(
+    profile: Annotated[str | None, typer.Option(help="Only this profile.")] = None,
+    district: Annotated[str | None, typer.Option(help="Only this district.")] = None,
+    provisional: Annotated[
+        bool | None, typer.Option("--provisional/--registered", help="Only provisional ones.")
+    ] = None,
+    limit: Annotated[int, typer.Option(help="At most this many rows.")] = 200,
+) -> None:
+    """List registered (and provisional) devices."""
+    settings = _settings()
+    with _database(settings) as url, psycopg.connect(url) as conn:
+        records = list_devices(conn, profile, district, provisional, limit)
+    table = Table("id", "profile", "district", "name", "lat", "lon", "attributes", "provisional")
+    for r in records:
+        table.add_row(
+            r.device_id,
+            r.profile,
+            r.district,
+            r.name,
+            "" if r.lat is None else f"{r.lat:.5f}",
+            "" if r.lon is None else f"{r.lon:.5f}",
+            ", ".join(f"{k}={v}" for k, v in sorted(r.attributes.items())),
+            "yes" if r.provisional else "",
+        )
+    console.print(table)
+    console.print(f"{len(records)} device(s)")
+
+
+def main() -> None:
+    os.environ.setdefault("PYTHONUNBUFFERED", "1")
+    app(prog_name="cityvitals")
+
+
+if __name__ == "__main__":
+    main()
