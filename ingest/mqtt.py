@@ -215,14 +215,15 @@ class MqttReceiver:
     ) -> list[InboundMessage]:
         """Up to `max_messages`, waiting at most `max_wait` seconds after the first arrives."""
         queue = self._queue
-        while not queue:
-            if stop.is_set():
-                return []
+        if not queue:
+            # Return empty-handed after a while so the caller's housekeeping runs when idle.
             self._idle = True
             self._data.clear()
-            if not queue:
-                self._data.wait(0.2)
+            if not queue and not stop.is_set():
+                self._data.wait(0.25)
             self._idle = False
+            if not queue:
+                return []
         deadline = time.monotonic() + max_wait
         while len(queue) < max_messages and not stop.is_set():
             remaining = deadline - time.monotonic()

@@ -1,0 +1,3 @@
+from cityvitals.cli import main
+
+main()
