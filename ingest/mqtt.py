@@ -206,6 +206,11 @@ class MqttReceiver:
     # -- consumer thread ------------------------------------------------------
 
     @property
+    def queued(self) -> int:
+        """Messages received and not yet taken."""
+        return len(self._queue)
+
+    @property
     def backlog(self) -> int:
         """Messages received and not yet acknowledged."""
         return self._received - self._acked

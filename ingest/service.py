@@ -143,9 +143,21 @@ class IngestService:
                 if batch:
                     self._process(batch)
                 self._housekeeping()
-            # Drain what was received so a clean stop leaves nothing to redeliver.
-            while batch := self._receiver.take(self.config.batch_size, 0, self._stop):
+            # Commit what was received before the stop, so a clean stop leaves little to
+            # redeliver; what arrives meanwhile stays unacknowledged for the next session.
+            remaining = self._receiver.queued
+            while remaining > 0:
+                batch = self._receiver.take(min(self.config.batch_size, remaining), 0, self._stop)
+                if not batch:
+                    break
                 self._process(batch)
+                remaining -= len(batch)
+        except psycopg.OperationalError:
+            log.warning(
+                "stopped while the database was unreachable: %d message(s) left "
+                "unacknowledged; the broker redelivers them to the next session",
+                self.backlog,
+            )
         finally:
             self._receiver.stop()
             with contextlib.suppress(psycopg.Error):

@@ -140,7 +140,7 @@ def test_database_restart_mid_stream(
     ingest: RunningIngest,
 ) -> None:
     total = 3000
-    pub = StreamPublisher(broker.url, topic_root, total, pace=0.0005).start()
+    pub = StreamPublisher(broker.url, topic_root, total, pace=0.002).start()
     wait_until(
         lambda: scalar(database, "SELECT count(*) FROM readings") > 300, what="first readings"
     )
