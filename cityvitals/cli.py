@@ -25,6 +25,7 @@ from devices.errors import ProfileError, RegistryError
 from devices.profile import load_profile, load_profiles, profile_files
 from devices.registry import read_registry_csv
 from devices.registry_store import list_devices, upsert_devices
+from ingest.mqtt import redact
 
 app = typer.Typer(
     help="CityVitals: city sensors over MQTT → TimescaleDB → vital-sign alerts → Grafana.",
@@ -94,7 +95,7 @@ def run() -> None:
             console.print(
                 f"CityVitals running: schema v{platform.schema.current} "
                 f"({platform.schema.flavor}), "
-                f"{len(platform.profiles)} profiles, MQTT {ends.mqtt_url}, "
+                f"{len(platform.profiles)} profiles, MQTT {redact(ends.mqtt_url)}, "
                 f"subscribed to {settings.topic_root}/"
                 f"{'{' + ','.join(settings.districts) + '}' if settings.districts else '+'}/+/+/+"
             )
@@ -139,7 +140,7 @@ def status() -> None:
     try:
         console.print(status_view.render(db_url))
     except psycopg.OperationalError as exc:
-        raise _fail(f"cannot reach the database at {db_url}: {exc}") from None
+        raise _fail(f"cannot reach the database at {redact(db_url)}: {exc}") from None
 
 
 @db_app.command("upgrade")

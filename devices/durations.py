@@ -21,6 +21,10 @@ def parse_duration(text: str | int | float) -> timedelta:
             raise ValueError(f"duration {text} is negative")
         return timedelta(seconds=text)
     s = text.strip().replace(" ", "")
+    try:
+        return parse_duration(float(s))
+    except ValueError:
+        pass
     pos, total = 0, 0.0
     for m in _PART.finditer(s):
         if m.start() != pos:

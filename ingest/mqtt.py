@@ -62,6 +62,15 @@ class BrokerAddress:
         )
 
 
+def redact(url: str) -> str:
+    """The URL with any password replaced, for logs and messages."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
+    return parts._replace(netloc=netloc).geturl()
+
+
 def make_client(
     address: BrokerAddress,
     client_id: str,
