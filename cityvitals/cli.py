@@ -14,6 +14,7 @@ import typer
 from pydantic import ValidationError
 from rich.console import Console
 from rich.logging import RichHandler
+from rich.markup import escape
 from rich.table import Table
 
 from cityvitals import status as status_view
@@ -21,6 +22,7 @@ from cityvitals.app import Platform, endpoints, recorded_endpoints
 from cityvitals.db import MigrationError, schema_status, upgrade
 from cityvitals.services import ServiceError
 from cityvitals.settings import Settings
+from cityvitals.simulate_cli import simulate_app
 from devices.errors import ProfileError, RegistryError
 from devices.profile import load_profile, load_profiles, profile_files
 from devices.registry import read_registry_csv
@@ -36,6 +38,7 @@ db_app = typer.Typer(help="Database schema.", no_args_is_help=True)
 devices_app = typer.Typer(help="Device profiles and the device registry.", no_args_is_help=True)
 app.add_typer(db_app, name="db")
 app.add_typer(devices_app, name="devices")
+app.add_typer(simulate_app, name="simulate")
 
 console = Console()
 err = Console(stderr=True)
@@ -47,7 +50,7 @@ def _settings() -> Settings:
     except ValidationError as exc:
         for e in exc.errors():
             field = ".".join(str(p) for p in e["loc"])
-            err.print(f"[red]setting CITYVITALS_{field.upper()}[/red]: {e['msg']}")
+            err.print(f"[red]setting CITYVITALS_{field.upper()}[/red]: {escape(e['msg'])}")
         raise typer.Exit(2) from None
 
 
@@ -60,7 +63,7 @@ def _logging(settings: Settings) -> None:
 
 
 def _fail(message: str, code: int = 1) -> typer.Exit:
-    err.print(f"[red]error:[/red] {message}")
+    err.print(f"[red]error:[/red] {escape(message)}")
     return typer.Exit(code)
 
 
@@ -187,10 +190,10 @@ def devices_validate(
             profile = load_profile(path, [path.parent])
         except ProfileError as exc:
             bad += 1
-            err.print(f"[red]✗[/red] {exc}")
+            err.print(f"[red]✗[/red] {escape(str(exc))}")
             continue
         console.print(
-            f"[green]✓[/green] {path}: {profile.name} ({profile.domain}), "
+            f"[green]✓[/green] {escape(str(path))}: {profile.name} ({profile.domain}), "
             f"{len(profile.metrics)} metrics, {len(profile.events)} events"
         )
     if bad:
@@ -209,11 +212,11 @@ def devices_import(
     except (ProfileError, RegistryError) as exc:
         raise _fail(str(exc)) from None
     for problem in result.problems:
-        err.print(f"[yellow]skipped[/yellow] {problem}")
+        err.print(f"[yellow]skipped[/yellow] {escape(str(problem))}")
     with _database(settings) as url, psycopg.connect(url) as conn:
         counts = upsert_devices(conn, result.records)
     console.print(
-        f"{file}: {counts.inserted} added, {counts.updated} updated, "
+        f"{escape(str(file))}: {counts.inserted} added, {counts.updated} updated, "
         f"{result.rejected} row(s) skipped"
     )
     if result.problems:
@@ -236,14 +239,19 @@ def devices_list(
     table = Table("id", "profile", "district", "name", "lat", "lon", "attributes", "provisional")
     for r in records:
         table.add_row(
-            r.device_id,
-            r.profile,
-            r.district,
-            r.name,
-            "" if r.lat is None else f"{r.lat:.5f}",
-            "" if r.lon is None else f"{r.lon:.5f}",
-            ", ".join(f"{k}={v}" for k, v in sorted(r.attributes.items())),
-            "yes" if r.provisional else "",
+            *map(
+                escape,
+                (
+                    r.device_id,
+                    r.profile,
+                    r.district,
+                    r.name,
+                    "" if r.lat is None else f"{r.lat:.5f}",
+                    "" if r.lon is None else f"{r.lon:.5f}",
+                    ", ".join(f"{k}={v}" for k, v in sorted(r.attributes.items())),
+                    "yes" if r.provisional else "",
+                ),
+            )
         )
     console.print(table)
     console.print(f"{len(records)} device(s)")

@@ -75,6 +75,14 @@ class Settings(BaseSettings):
         mode="before",
     )(_seconds)
 
+    @field_validator("log_level")
+    @classmethod
+    def _level(cls, value: str) -> str:
+        level = value.strip().upper()
+        if level not in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"):
+            raise ValueError(f"{value!r} is not one of DEBUG, INFO, WARNING, ERROR, CRITICAL")
+        return level
+
     @field_validator("districts", "profile_dirs", mode="before")
     @classmethod
     def _comma_list(cls, value: Any) -> Any:

@@ -7,6 +7,7 @@ from datetime import datetime
 
 import psycopg
 from rich.console import Group
+from rich.markup import escape
 from rich.table import Table
 
 LIVE_SECONDS = 60
@@ -96,7 +97,7 @@ def render(url: str) -> Group:
             else f"[dim]stopped {r.updated_at:%Y-%m-%d %H:%M:%S}[/dim]"
         )
         ingest.add_row(
-            r.instance,
+            escape(r.instance),
             state,
             f"{r.readings_per_s:,.0f}" if r.live else "-",
             f"{r.messages_per_s:,.0f}" if r.live else "-",
@@ -106,7 +107,7 @@ def render(url: str) -> Group:
             f"{r.dead_letters:,}",
             f"{r.out_of_range:,}",
             f"{r.provisional:,}",
-            r.last_error or "",
+            escape(r.last_error or ""),
         )
     if not s.ingest:
         ingest.caption = "no ingest process has reported in the last day"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import re
 from datetime import timedelta
 
@@ -17,14 +18,19 @@ def parse_duration(text: str | int | float) -> timedelta:
     if isinstance(text, bool):
         raise ValueError(f"{text!r} is not a duration; write e.g. 30s, 5m, 1h30m")
     if isinstance(text, int | float):
-        if text < 0:
-            raise ValueError(f"duration {text} is negative")
-        return timedelta(seconds=text)
+        if not math.isfinite(text) or text < 0:
+            raise ValueError(f"duration {text} is not a finite, non-negative number of seconds")
+        try:
+            return timedelta(seconds=text)
+        except OverflowError:
+            raise ValueError(f"duration {text} seconds is too long") from None
     s = text.strip().replace(" ", "")
     try:
-        return parse_duration(float(s))
+        seconds = float(s)
     except ValueError:
-        pass
+        seconds = None
+    if seconds is not None:
+        return parse_duration(seconds)
     pos, total = 0, 0.0
     for m in _PART.finditer(s):
         if m.start() != pos:
@@ -33,7 +39,7 @@ def parse_duration(text: str | int | float) -> timedelta:
         pos = m.end()
     if not s or pos != len(s):
         raise ValueError(f"{text!r} is not a duration; write e.g. 30s, 5m, 1h30m, 2d")
-    return timedelta(seconds=total)
+    return parse_duration(total)
 
 
 def format_duration(td: timedelta) -> str:

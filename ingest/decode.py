@@ -35,8 +35,11 @@ class DeadLetterReason(enum.StrEnum):
     WRONG_TYPE = "wrong_type"
     BAD_TIMESTAMP = "bad_timestamp"
     UNKNOWN_EVENT = "unknown_event"
+    REJECTED_BY_DATABASE = "rejected_by_database"
 
 
+_BIGINT_MAX = 2**63 - 1
+_INT_MAX = 2**31 - 1
 _EPOCH_MS_MIN = 946_684_800_000  # 2000-01-01
 _EPOCH_MS_MAX = 4_102_444_800_000  # 2100-01-01
 
@@ -70,6 +73,7 @@ class DecodedMessage:
     dead_letter: DeadLetter | None = None
     new_device: NewDevice | None = None
     device_id: str | None = None
+    received_at: datetime | None = None
     last_seq: int | None = None
     first_seq: int | None = None
     out_of_range: int = 0
@@ -109,7 +113,7 @@ class MessageDecoder:
         self.registry = dict(registry)
 
     def decode(self, topic: str, payload: bytes, received_at: datetime) -> DecodedMessage:
-        out = DecodedMessage()
+        out = DecodedMessage(received_at=received_at)
         try:
             self._decode(topic, payload, received_at, out)
         except _Reject as reject:
@@ -219,6 +223,12 @@ class MessageDecoder:
         try:
             return orjson.loads(payload)
         except orjson.JSONDecodeError as exc:
+            if b"\x00" in payload:
+                raise _Reject(
+                    DeadLetterReason.BAD_ENCODING,
+                    f"{t}: payload holds NUL bytes (UTF-16 or binary?); devices must send "
+                    "UTF-8 JSON",
+                ) from None
             try:
                 payload.decode("utf-8")
             except UnicodeDecodeError as uexc:
@@ -286,12 +296,15 @@ class MessageDecoder:
             return
         seq = item.get("seq")
         if seq is not None:
-            if isinstance(seq, int) and not isinstance(seq, bool) and seq >= 0:
+            if isinstance(seq, int) and not isinstance(seq, bool) and 0 <= seq <= _BIGINT_MAX:
                 out.last_seq = seq if out.last_seq is None else max(out.last_seq, seq)
                 out.first_seq = seq if out.first_seq is None else min(out.first_seq, seq)
             else:
                 problems.append(
-                    (DeadLetterReason.WRONG_TYPE, f"{where}seq must be a non-negative integer")
+                    (
+                        DeadLetterReason.WRONG_TYPE,
+                        f"{where}seq must be an integer from 0 to {_BIGINT_MAX}",
+                    )
                 )
         values = item.get("values")
         if not isinstance(values, dict) or not values:
@@ -329,8 +342,13 @@ class MessageDecoder:
     ) -> DeviceEvent:
         ts, _ = self._timestamp(data.get("ts"), now, "")
         etype, code = data.get("type"), data.get("code")
-        if code is not None and (not isinstance(code, int) or isinstance(code, bool)):
-            raise _Reject(DeadLetterReason.WRONG_TYPE, f"{t}: event code must be an integer")
+        if code is not None and (
+            not isinstance(code, int) or isinstance(code, bool) or not 0 <= code <= _INT_MAX
+        ):
+            raise _Reject(
+                DeadLetterReason.WRONG_TYPE,
+                f"{t}: event code must be an integer from 0 to {_INT_MAX}",
+            )
         if etype is None and code is not None:
             etype = profile.event_by_code.get(code)
             if etype is None:
@@ -349,6 +367,7 @@ class MessageDecoder:
         detail = data.get("detail", {})
         if not isinstance(detail, dict):
             raise _Reject(DeadLetterReason.BAD_STRUCTURE, f"{t}: event detail must be an object")
+        _no_nul(t, detail, "event detail")
         return DeviceEvent(ts, t.device_id, etype, code, detail)
 
     def _status(
@@ -359,6 +378,7 @@ class MessageDecoder:
             return StatusUpdate(now, t.device_id, text.decode())
         data = self._parse(t, profile, payload)
         if isinstance(data, dict) and isinstance(data.get("state"), str) and data["state"]:
+            _no_nul(t, data, "status")
             ts, _ = self._timestamp(data.get("ts"), now, "")
             detail = {k: v for k, v in data.items() if k not in ("state", "ts")}
             return StatusUpdate(ts, t.device_id, data["state"][:64], detail)
@@ -366,6 +386,20 @@ class MessageDecoder:
             DeadLetterReason.BAD_STRUCTURE,
             f"{t}: status must be 'online', 'offline' or JSON with a 'state' string",
         )
+
+
+def _no_nul(t: Topic, value: Any, what: str) -> None:
+    """PostgreSQL text and jsonb cannot hold U+0000: refuse it here, naming where it was."""
+    if isinstance(value, str):
+        if "\x00" in value:
+            raise _Reject(DeadLetterReason.BAD_STRUCTURE, f"{t}: {what} holds a NUL character")
+    elif isinstance(value, dict):
+        for k, v in value.items():
+            _no_nul(t, k, what)
+            _no_nul(t, v, what)
+    elif isinstance(value, list):
+        for v in value:
+            _no_nul(t, v, what)
 
 
 def _reason(code: str) -> DeadLetterReason:

@@ -136,6 +136,7 @@ class MqttReceiver:
         self._client.on_connect = self._on_connect
         self._client.on_disconnect = self._on_disconnect
         self._client.on_message = self._on_message
+        self._client.on_subscribe = self._on_subscribe
         self._queue: collections.deque[InboundMessage] = collections.deque()
         self._received = 0  # written by the network thread only
         self._acked = 0  # written by the consumer thread only
@@ -147,6 +148,8 @@ class MqttReceiver:
         self._ack_lock = threading.Lock()
         self.generation = 0
         self.connected = threading.Event()
+        self.subscribed = threading.Event()
+        """Set when the broker has acknowledged the subscription on the current connection."""
         self.last_error: str | None = None
         self.on_connection_change: Callable[[bool], None] | None = None
 
@@ -174,12 +177,23 @@ class MqttReceiver:
         if self.on_connection_change:
             self.on_connection_change(True)
 
+    def _on_subscribe(
+        self, client: mqtt.Client, userdata: Any, mid: int, reasons: Any, properties: Any
+    ) -> None:
+        failed = [r for r in reasons if r.is_failure]
+        if failed:
+            self.last_error = f"broker refused the subscription to {self.filters}: {failed[0]}"
+            log.error("%s", self.last_error)
+            return
+        self.subscribed.set()
+
     def _on_disconnect(
         self, client: mqtt.Client, userdata: Any, flags: Any, reason: Any, properties: Any
     ) -> None:
         with self._ack_lock:
             self.generation += 1
         self.connected.clear()
+        self.subscribed.clear()
         if not self._stopping:
             self.last_error = f"disconnected from broker: {reason}"
             log.warning("MQTT %s; reconnecting", self.last_error)

@@ -17,13 +17,14 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from functools import partial
 from typing import TypeVar
 
 import psycopg
 
-from devices.model import Reading
+from devices.model import Quality, Reading
 from devices.profile import DeviceProfile
-from ingest.decode import DeadLetter, MessageDecoder, NewDevice
+from ingest.decode import DeadLetter, DeadLetterReason, DecodedMessage, MessageDecoder
 from ingest.mqtt import BrokerAddress, InboundMessage, MqttReceiver
 from ingest.topics import subscription_filters
 from ingest.writer import Batch, BatchWriter, SeenDevice, WriteResult
@@ -31,6 +32,9 @@ from ingest.writer import Batch, BatchWriter, SeenDevice, WriteResult
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
+
+SEQ_RESTART_JUMP = 1000
+"""A seq this far below the last one means the device restarted its counter."""
 
 ReadingSink = Callable[[Sequence[Reading]], None]
 """Called with each committed batch's readings (the shell connects the rule engine)."""
@@ -166,72 +170,133 @@ class IngestService:
 
     def _process(self, messages: list[InboundMessage]) -> None:
         decoded = [self._decoder.decode(m.topic, m.payload, m.received_at) for m in messages]
-        readings: list[Reading] = []
+        batch, dropped, seqs = self._assemble(decoded)
+        try:
+            result = self._with_db(lambda: self._writer.write(batch))
+            self._last_seq.update(seqs)
+        except (psycopg.DataError, psycopg.IntegrityError) as exc:
+            log.warning(
+                "the database refused part of a batch (%s); writing message by message",
+                str(exc).strip().splitlines()[0],
+            )
+            result = self._write_one_by_one(messages, decoded)
+        self._receiver.ack(messages)
+        c = self.counters
+        c.messages += len(messages)
+        c.out_of_range += sum(d.out_of_range for d in decoded)
+        c.add(result)
+        c.duplicates += dropped
+        for letter in batch.dead_letters:
+            c.dead_letter_reasons[letter.reason] = c.dead_letter_reasons.get(letter.reason, 0) + 1
+        if self.sink is not None and batch.readings:
+            try:
+                self.sink(batch.readings)
+            except Exception:  # the rule engine's failure must not stop storage
+                log.exception("reading sink failed for a batch of %d readings", len(batch.readings))
+
+    def _assemble(self, decoded: list[DecodedMessage]) -> tuple[Batch, int, dict[str, int]]:
+        """One batch of everything decoded, the readings dropped as seq duplicates, and the
+        devices' new last seq (to remember once the batch is committed)."""
         batch = Batch([], [], [], [], [], [])
-        dead: list[DeadLetter] = batch.dead_letters
-        new: list[NewDevice] = batch.new_devices
-        seen: dict[str, tuple[datetime, int | None, int]] = {}
+        seen: dict[str, tuple[datetime, int | None, int, datetime]] = {}
+        seqs: dict[str, int] = {}
         now = time.monotonic()
-        out_of_range = 0
+        dropped = 0
         for d in decoded:
             if d.readings:
-                readings += d.readings
-                out_of_range += d.out_of_range
-                self._track(d.device_id, d.readings[-1].ts, d.first_seq, d.last_seq, seen, now)
+                if self._seq_duplicate(d, seqs):
+                    dropped += len(d.readings)
+                else:
+                    batch.readings += d.readings
+                    self._track(d, seen, seqs, now)
             if d.events:
                 batch.events += d.events
             if d.status is not None:
                 batch.statuses.append(d.status)
             if d.dead_letter is not None:
-                dead.append(d.dead_letter)
+                batch.dead_letters.append(d.dead_letter)
             if d.new_device is not None:
-                new.append(d.new_device)
-        batch.readings = readings
-        batch.seen = [SeenDevice(dev, ts, seq, gaps) for dev, (ts, seq, gaps) in seen.items()]
-        result = self._with_db(lambda: self._writer.write(batch))
-        self._receiver.ack(messages)
-        c = self.counters
-        c.messages += len(messages)
-        c.out_of_range += out_of_range
-        c.add(result)
-        for letter in dead:
-            c.dead_letter_reasons[letter.reason] = c.dead_letter_reasons.get(letter.reason, 0) + 1
-        if self.sink is not None and readings:
+                batch.new_devices.append(d.new_device)
+        batch.seen = [SeenDevice(dev, *held) for dev, held in seen.items()]
+        return batch, dropped, seqs
+
+    def _seq_duplicate(self, d: DecodedMessage, pending: dict[str, int]) -> bool:
+        """A reading without a timestamp of its own is a duplicate when its seq is not new.
+
+        Its ts is the receive time, so a redelivery would otherwise be stored twice. A
+        seq far below the last one is a device that restarted its counter, not a duplicate.
+        """
+        if d.device_id is None or d.first_seq is None:
+            return False
+        if not all(r.quality & Quality.RECEIVE_TIME for r in d.readings):
+            return False
+        last = pending.get(d.device_id, self._last_seq.get(d.device_id))
+        return last is not None and last - SEQ_RESTART_JUMP < d.first_seq <= last
+
+    def _write_one_by_one(
+        self, messages: list[InboundMessage], decoded: list[DecodedMessage]
+    ) -> WriteResult:
+        """Write each message alone; one the database refuses becomes a dead letter."""
+        total = WriteResult()
+        for m, d in zip(messages, decoded, strict=True):
+            single, _, seqs = self._assemble([d])
             try:
-                self.sink(readings)
-            except Exception:  # the rule engine's failure must not stop storage
-                log.exception("reading sink failed for a batch of %d readings", len(readings))
+                result = self._with_db(partial(self._writer.write, single))
+                self._last_seq.update(seqs)
+            except (psycopg.DataError, psycopg.IntegrityError) as exc:
+                letter = DeadLetter(
+                    m.received_at,
+                    m.topic,
+                    m.payload[: self.config.dead_letter_keep_bytes],
+                    len(m.payload),
+                    DeadLetterReason.REJECTED_BY_DATABASE.value,
+                    f"{m.topic}: PostgreSQL refused it: {str(exc).strip().splitlines()[0]}",
+                    d.device_id,
+                )
+                single = Batch([], [], [], [letter], [], [])
+                result = self._with_db(partial(self._writer.write, single))
+            total.readings += result.readings
+            total.duplicates += result.duplicates
+            total.events += result.events
+            total.dead_letters += result.dead_letters
+            total.provisional += result.provisional
+        return total
 
     def _track(
         self,
-        device_id: str | None,
-        ts: datetime,
-        first_seq: int | None,
-        last_seq: int | None,
-        seen: dict[str, tuple[datetime, int | None, int]],
+        d: DecodedMessage,
+        seen: dict[str, tuple[datetime, int | None, int, datetime]],
+        seqs: dict[str, int],
         now: float,
     ) -> None:
         """Count seq gaps and decide whether this device's last_seen is due for a write."""
+        device_id = d.device_id
         if device_id is None:
             return
+        ts = d.readings[-1].ts
+        received = d.received_at or datetime.now(UTC)
+        first_seq, last_seq = d.first_seq, d.last_seq
         gaps = 0
         if last_seq is not None:
-            previous = self._last_seq.get(device_id)
+            previous = seqs.get(device_id, self._last_seq.get(device_id))
             if previous is not None and first_seq is not None and first_seq > previous + 1:
                 gaps = first_seq - previous - 1
             if previous is None or last_seq > previous:
-                self._last_seq[device_id] = last_seq
+                seqs[device_id] = last_seq
         held = seen.get(device_id)
         if held is not None:
             seen[device_id] = (
                 max(held[0], ts),
                 held[1] if last_seq is None else last_seq,
                 held[2] + gaps,
+                max(held[3], received),
             )
             return
-        if gaps or now - self._last_seen_written.get(device_id, 0.0) >= self.config.last_seen_every:
+        # Devices without clocks rely on last_seq to drop redeliveries: always write it.
+        due = now - self._last_seen_written.get(device_id, 0.0) >= self.config.last_seen_every
+        if gaps or due or d.readings[0].quality & Quality.RECEIVE_TIME:
             self._last_seen_written[device_id] = now
-            seen[device_id] = (ts, last_seq, gaps)
+            seen[device_id] = (ts, last_seq, gaps, received)
 
     def _with_db(self, action: Callable[[], T]) -> T:
         """Run a database action, retrying with backoff while the database is unreachable."""
@@ -259,6 +324,8 @@ class IngestService:
 
     def _refresh_registry(self) -> None:
         self._decoder.replace_registry(self._writer.load_registry())
+        if not self._registry_loaded_at:
+            self._last_seq.update(self._writer.load_last_seq())
         self._registry_loaded_at = time.monotonic()
 
     def _housekeeping(self) -> None:

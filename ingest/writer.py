@@ -31,6 +31,8 @@ class SeenDevice:
     last_seen: datetime
     last_seq: int | None
     new_gaps: int
+    received_at: datetime
+    """When the platform heard it: orders it against last wills, whatever the device's clock."""
 
 
 @dataclass(slots=True)
@@ -87,6 +89,13 @@ class BatchWriter:
         with self.conn.transaction():
             rows = self.conn.execute("SELECT device_id, profile FROM devices").fetchall()
         return {str(d): str(p) for d, p in rows}
+
+    def load_last_seq(self) -> dict[str, int]:
+        with self.conn.transaction():
+            rows = self.conn.execute(
+                "SELECT device_id, last_seq FROM device_status WHERE last_seq IS NOT NULL"
+            ).fetchall()
+        return {str(d): int(str(q)) for d, q in rows}
 
     def write(self, batch: Batch) -> WriteResult:
         conn = self.conn
@@ -180,9 +189,9 @@ class BatchWriter:
         conn.execute(
             """INSERT INTO device_status AS s (device_id, state, online, changed_at, last_seen,
                                                last_seq, seq_gaps)
-               SELECT d, 'online', true, t, t, q, g
-               FROM unnest(%s::text[], %s::timestamptz[], %s::bigint[], %s::bigint[])
-                    AS u(d, t, q, g)
+               SELECT d, 'online', true, r, t, q, g
+               FROM unnest(%s::text[], %s::timestamptz[], %s::bigint[], %s::bigint[],
+                           %s::timestamptz[]) AS u(d, t, q, g, r)
                ON CONFLICT (device_id) DO UPDATE SET
                    last_seen = GREATEST(s.last_seen, EXCLUDED.last_seen),
                    last_seq = COALESCE(EXCLUDED.last_seq, s.last_seq),
@@ -193,6 +202,7 @@ class BatchWriter:
                 [s.last_seen for s in seen],
                 [s.last_seq for s in seen],
                 [s.new_gaps for s in seen],
+                [s.received_at for s in seen],
             ),
         )
 

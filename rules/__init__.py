@@ -1,1 +1,4 @@
-"""Rule engine and city vital signs (see the rule engine issue): readings in, alert transitions out."""
+"""Rule engine and city vital signs (see the rule engine issue).
+
+Readings in, alert transitions out.
+"""

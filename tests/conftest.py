@@ -8,6 +8,8 @@ stop, kill and restart these instances; they can, because they own them.
 
 from __future__ import annotations
 
+import shutil
+import tempfile
 import threading
 import uuid
 from collections.abc import Callable, Iterator
@@ -25,16 +27,25 @@ TEMPLATE = "cv_template"
 
 
 @pytest.fixture(scope="session")
-def postgres(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalPostgres]:
-    pg = LocalPostgres(tmp_path_factory.mktemp("postgres"), database="postgres", fast_unsafe=True)
+def services_dir() -> Iterator[Path]:
+    """Outside pytest's basetemp: a second pytest session resets that to mode 0700 (as
+    root), which would cut the server users off from their data mid-run."""
+    directory = Path(tempfile.mkdtemp(prefix="cityvitals-tests-"))
+    yield directory
+    shutil.rmtree(directory, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def postgres(services_dir: Path) -> Iterator[LocalPostgres]:
+    pg = LocalPostgres(services_dir / "postgres", database="postgres", fast_unsafe=True)
     pg.start()
     yield pg
     pg.stop("immediate")
 
 
 @pytest.fixture(scope="session")
-def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalMosquitto]:
-    mq = LocalMosquitto(tmp_path_factory.mktemp("mosquitto"))
+def broker(services_dir: Path) -> Iterator[LocalMosquitto]:
+    mq = LocalMosquitto(services_dir / "mosquitto")
     mq.start()
     yield mq
     mq.stop()
@@ -106,7 +117,7 @@ class RunningIngest:
     def start(self) -> RunningIngest:
         self.thread.start()
         assert self.service.ready.wait(20), "ingest did not start"
-        assert self.service._receiver.connected.wait(20), "ingest did not connect to the broker"
+        assert self.service._receiver.subscribed.wait(20), "ingest did not subscribe"
         return self
 
     def stop(self) -> None:

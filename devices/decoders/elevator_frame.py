@@ -60,7 +60,7 @@ Output (the canonical JSON shape of DESIGN.md):
   ingest names the event from the code through the profile;
 - status: `{"state": "online"}`.
 
-Undecodable bytes raise `DecodeError("invalid_encoding", ...)`; any other
+Undecodable bytes raise `DecodeError("bad_encoding", ...)`; any other
 malformed frame raises `DecodeError("malformed_payload", ...)` naming the
 field, its position and what was expected. Nothing else is ever raised.
 """
@@ -138,7 +138,7 @@ def _text(payload: bytes) -> str:
         text = payload.decode("ascii")
     except UnicodeDecodeError as exc:
         raise DecodeError(
-            "invalid_encoding",
+            "bad_encoding",
             f"byte 0x{payload[exc.start]:02x} at offset {exc.start} is not ASCII; "
             "frames are ASCII text",
         ) from None

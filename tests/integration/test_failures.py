@@ -13,6 +13,7 @@ import subprocess
 import sys
 import threading
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -103,9 +104,9 @@ def _exactly_once(database: str, total: int) -> None:
 
 
 @pytest.fixture
-def own_broker(tmp_path: Path) -> Iterator[LocalMosquitto]:
+def own_broker(services_dir: Path) -> Iterator[LocalMosquitto]:
     """A broker of this test's own, so restarting it disturbs no other test."""
-    broker = LocalMosquitto(tmp_path / "mosquitto")
+    broker = LocalMosquitto(services_dir / f"mosquitto-{uuid.uuid4().hex[:8]}")
     broker.start()
     yield broker
     broker.stop()

@@ -1,0 +1,1 @@
+"""Benchmarks: `python bench/ingest.py` measures the MQTT-to-PostgreSQL ingest."""
