@@ -28,6 +28,8 @@ from devices.profile import load_profile, load_profiles, profile_files
 from devices.registry import read_registry_csv
 from devices.registry_store import list_devices, upsert_devices
 from ingest.mqtt import redact
+from simulators.fleet import SimulatorError
+from simulators.scenario import ScenarioError
 
 app = typer.Typer(
     help="CityVitals: city sensors over MQTT → TimescaleDB → vital-sign alerts → Grafana.",
@@ -115,19 +117,29 @@ def run() -> None:
 
 @app.command()
 def demo(
-    duration: Annotated[
-        float | None, typer.Option(help="Stop after this many seconds (default: until Ctrl-C).")
+    scenario: Annotated[
+        str,
+        typer.Option(
+            help="Scenario to play: typhoon, pollution, entrapment, quiet_day or a scenario file."
+        ),
+    ] = "typhoon",
+    speed: Annotated[
+        float | None,
+        typer.Option(help="Simulated seconds per real second (default: the scenario's)."),
     ] = None,
-    rate: Annotated[float, typer.Option(help="Sample readings per device per second.")] = 1.0,
+    duration: Annotated[
+        float | None,
+        typer.Option(help="Stop after this many real seconds (default: the whole scenario)."),
+    ] = None,
 ) -> None:
-    """Run the platform with a small built-in publisher of sample readings."""
+    """Run the platform with a simulated city playing a scenario, and watch it live."""
     from cityvitals.demo import run_demo
 
     settings = _settings()
     _logging(settings)
     try:
-        run_demo(settings, console, duration=duration, rate=rate)
-    except (ServiceError, MigrationError, ProfileError) as exc:
+        run_demo(settings, console, scenario, speed, duration)
+    except (ServiceError, MigrationError, ProfileError, ScenarioError, SimulatorError) as exc:
         raise _fail(str(exc)) from None
 
 

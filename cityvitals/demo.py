@@ -1,131 +1,114 @@
-"""A small built-in publisher of sample readings for `cityvitals demo`.
+"""`cityvitals demo`: the platform with a simulated city playing a scenario.
 
-It stands in for field hardware until the simulators arrive: a dozen devices in
-two districts publish canonical JSON readings, occasional events, a device the
-registry does not know and, now and then, a malformed payload, so every path
-of the ingest is visible in `cityvitals status`.
+Starts the platform (local PostgreSQL and Mosquitto unless URLs are set),
+generates the scenario's city and imports its registry, then plays the
+scenario through the real broker while a live view shows the simulation and
+what the ingest stores.
 """
 
 from __future__ import annotations
 
-import random
+import threading
 import time
-from dataclasses import dataclass, field
-from datetime import UTC, datetime
-from pathlib import Path
+from datetime import datetime
 
-import orjson
 import psycopg
-from rich.console import Console
+from rich.console import Console, Group
 from rich.live import Live
+from rich.markup import escape
+from rich.text import Text
 
 from cityvitals import status as status_view
 from cityvitals.app import Platform, endpoints
 from cityvitals.settings import Settings
-from devices.profile import DeviceProfile, MetricSpec, ProfileSet
-from devices.registry import DeviceRecord, read_registry_csv
 from devices.registry_store import upsert_devices
-from ingest.mqtt import BrokerAddress, make_client
-
-DEMO_REGISTRY = Path(__file__).with_name("demo_devices.csv")
-
-
-@dataclass
-class SamplePublisher:
-    """Publishes plausible random-walk values within each metric's physical range."""
-
-    mqtt_url: str
-    root: str
-    devices: list[DeviceRecord]
-    profiles: ProfileSet
-    rng: random.Random = field(default_factory=lambda: random.Random(7))
-    published: int = 0
-    _state: dict[tuple[str, str], float] = field(default_factory=dict)
-    _seq: dict[str, int] = field(default_factory=dict)
-
-    def __post_init__(self) -> None:
-        address = BrokerAddress.from_url(self.mqtt_url)
-        self.client, props = make_client(address, "cityvitals-demo-publisher")
-        self.client.connect(address.host, address.port, properties=props)
-        self.client.loop_start()
-        for d in self.devices:
-            self._publish(d, "status", b"online", retain=True)
-
-    def _publish(self, d: DeviceRecord, channel: str, payload: bytes, retain: bool = False) -> None:
-        topic = f"{self.root}/{d.district}/{d.profile}/{d.device_id}/{channel}"
-        self.client.publish(topic, payload, qos=1, retain=retain)
-        self.published += 1
-
-    def _value(self, device_id: str, metric: str, spec: MetricSpec) -> float | str | bool:
-        if spec.type == "enum":
-            assert spec.values is not None
-            return self.rng.choice(list(spec.values))
-        if spec.type == "bool":
-            return self.rng.random() < 0.05
-        lo, hi = spec.range or (0.0, 100.0)
-        span = hi - lo
-        key = (device_id, metric)
-        value = self._state.get(key, lo + span * self.rng.uniform(0.05, 0.2))
-        value = min(max(value + self.rng.gauss(0, span * 0.005), lo), lo + span * 0.3)
-        self._state[key] = value
-        return round(value) if spec.type == "int" else round(value, 3)
-
-    def tick(self, n: int) -> None:
-        now = int(datetime.now(UTC).timestamp() * 1000)
-        for d in self.devices:
-            profile: DeviceProfile = self.profiles[d.profile]
-            seq = self._seq[d.device_id] = self._seq.get(d.device_id, 0) + 1
-            values = {m: self._value(d.device_id, m, s) for m, s in profile.metrics.items()}
-            self._publish(d, "telemetry", orjson.dumps({"ts": now, "seq": seq, "values": values}))
-            if profile.events and self.rng.random() < 0.01:
-                etype = self.rng.choice(list(profile.events))
-                self._publish(d, "event", orjson.dumps({"ts": now, "type": etype}))
-        if n % 30 == 7:
-            first = self.devices[0]
-            self._publish(first, "telemetry", b'{"ts": 1764036000000, "values": {"level_m": ')
-        if n % 30 == 19:
-            ghost = DeviceRecord("rg-unregistered-01", "rain_gauge", "jingan", "", None, None, {})
-            self._publish(ghost, "telemetry", orjson.dumps({"ts": now, "values": {"rain_mm": 0.2}}))
-
-    def close(self) -> None:
-        self.client.disconnect()
-        self.client.loop_stop()
+from simulators.city import generate_city
+from simulators.fleet import Fleet, sim_devices
+from simulators.publish import MqttPublisher
+from simulators.runner import Progress, fleet_stream, play
+from simulators.scenario import load_scenario
 
 
-def run_demo(settings: Settings, console: Console, duration: float | None, rate: float) -> None:
+def run_demo(
+    settings: Settings,
+    console: Console,
+    scenario_name: str,
+    speed: float | None,
+    duration: float | None,
+) -> None:
+    scenario = load_scenario(scenario_name)
+    factor = speed or scenario.speed
     with endpoints(settings) as ends:
         platform = Platform(settings, ends)
-        registry = read_registry_csv(DEMO_REGISTRY, platform.profiles)
+        city = generate_city(scenario.city.districts, scenario.city.devices, scenario.seed)
         with psycopg.connect(ends.database_url) as conn:
-            upsert_devices(conn, registry.records)
+            upsert_devices(conn, city.devices)
+        fleet = Fleet(
+            sim_devices(city.devices, platform.profiles),
+            scenario.world(city.districts),
+            scenario.start,
+            scenario.seed,
+            settings.topic_root,
+        )
         platform.start()
-        publisher = SamplePublisher(
-            ends.mqtt_url, settings.topic_root, registry.records, platform.profiles
-        )
+        publisher = MqttPublisher(ends.mqtt_url, client_prefix="demo")
         console.print(
-            f"demo: {len(registry.records)} devices publishing to {ends.mqtt_url}; "
-            f"database {ends.database_url}. Ctrl-C to stop."
+            f"[bold]{escape(scenario.title)}[/bold]: {len(city.devices)} devices in "
+            f"{len(city.districts)} districts, {scenario.duration} of simulated time at "
+            f"{factor:g}×. Ctrl-C stops."
         )
+        for e in scenario.expect:
+            console.print(f"  expect {e.level:<6} {e.domain}: {escape(e.what)}")
+        stop = threading.Event()
+        latest: list[Progress] = []
+        end = scenario.start + scenario.duration
+        player = threading.Thread(
+            target=play,
+            args=(
+                fleet_stream(fleet, end),
+                publisher,
+                scenario.start,
+                factor,
+                stop,
+                latest.append,
+                end,
+            ),
+            name="simulator",
+            daemon=True,
+        )
+        player.start()
         started = time.monotonic()
-        n = 0
+
+        def view() -> Group:
+            p = latest[-1] if latest else None
+            line = Text("simulated ")
+            if p is not None:
+                line.append(f"{p.sim_time.astimezone(scenario.start.tzinfo):%Y-%m-%d %H:%M}")
+                line.append(f"  published {p.published:,}  ({p.rate:,.0f} msg/s)")
+            return Group(line, status_view.render(ends.database_url))
+
         try:
-            with Live(
-                status_view.render(ends.database_url), console=console, refresh_per_second=1
-            ) as live:
-                while duration is None or time.monotonic() - started < duration:
-                    publisher.tick(n)
-                    n += 1
-                    time.sleep(1.0 / rate)
-                    if n % max(int(rate), 1) == 0:
-                        live.update(status_view.render(ends.database_url))
+            with Live(view(), console=console, refresh_per_second=1) as live:
+                while player.is_alive():
+                    if duration is not None and time.monotonic() - started >= duration:
+                        break
+                    player.join(1.0)
+                    live.update(view())
         except KeyboardInterrupt:
             pass
         finally:
+            stop.set()
+            player.join(10)
             publisher.close()
+            time.sleep(settings.flush_interval * 2)
             platform.stop()
         c = platform.ingest.counters
+        reached: datetime = latest[-1].sim_time if latest else scenario.start
         console.print(
-            f"demo stopped: published {publisher.published}, stored {c.readings} readings, "
-            f"{c.events} events, {c.dead_letters} dead letters, "
-            f"{c.provisional} provisional device(s)"
+            f"demo stopped at simulated "
+            f"{reached.astimezone(scenario.start.tzinfo):%Y-%m-%d %H:%M}: "
+            f"published {publisher.stats.published:,}, stored {c.readings:,} readings, "
+            f"{c.events:,} events, {c.dead_letters:,} dead letters. Data stays in "
+            f"{escape(str(settings.data_dir))}; `cityvitals status` shows it while "
+            "`cityvitals run` is up."
         )
