@@ -20,6 +20,8 @@ Two MQTT 5 clients publish:
 from __future__ import annotations
 
 import contextlib
+import multiprocessing
+import signal
 import socket
 import ssl
 import struct
@@ -376,6 +378,8 @@ def publish(plan: PublishPlan, pub: Publisher) -> PublishResult:
 
 def publisher_main(plan: PublishPlan, conn: Connection) -> None:
     """Entry point of the publisher process."""
+    # Ctrl-C reaches the whole process group: the parent stops this process itself.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     try:
         pub = _connect(plan)
         conn.send(("ready", pub.window))
@@ -400,10 +404,9 @@ def publisher_main(plan: PublishPlan, conn: Connection) -> None:
 class PublisherProcess:
     """The parent's handle on a publisher process."""
 
-    def __init__(self, plan: PublishPlan, start_method: str = "spawn") -> None:
-        import multiprocessing
-
-        ctx = multiprocessing.get_context(start_method)
+    def __init__(self, plan: PublishPlan) -> None:
+        # spawn: a fresh interpreter, none of the parent's threads or sockets.
+        ctx = multiprocessing.get_context("spawn")
         self.plan = plan
         self._conn, child = ctx.Pipe()
         self._process = ctx.Process(
@@ -416,10 +419,6 @@ class PublisherProcess:
         except BaseException:
             self.close()
             raise
-
-    @property
-    def pid(self) -> int | None:
-        return self._process.pid
 
     def _expect(self, what: str, timeout: float) -> Any:
         if not self._conn.poll(timeout):
