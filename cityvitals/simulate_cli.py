@@ -242,7 +242,30 @@ def simulate_city(
         str, typer.Option(help="gateway (many devices per connection) or device.")
     ] = "gateway",
 ) -> None:
-    """Generate a city's registry and run its whole fleet against the broker."""
+    """Generate a city's registry and run its whole fleet against the broker.
+
+    Without --start the simulated period ends about now at the chosen speed
+    (it starts `duration` ago at max speed), so the platform never sees readings
+    stamped in the future.
+    """
+    # Every option is checked before anything is written or published.
+    run_for = _duration(duration)
+    factor = _speed(speed)
+    faults = _faults(fault or [])
+    if mode not in ("gateway", "device"):
+        raise typer.BadParameter(f"--mode must be gateway or device, not {mode!r}")
+    if start:
+        try:
+            begin = datetime.fromisoformat(start)
+        except ValueError:
+            raise typer.BadParameter(
+                f"--start {start!r} is not ISO 8601, e.g. 2026-07-20T12:00:00+08:00"
+            ) from None
+        if begin.tzinfo is None:
+            raise typer.BadParameter("--start needs a UTC offset, e.g. +08:00")
+    else:
+        wall = run_for if factor is None else run_for / factor
+        begin = (datetime.now(UTC) + wall - run_for).replace(microsecond=0)
     settings = Settings()
     db_url, mqtt_url = _endpoints(settings)
     profiles = load_profiles(settings.profile_dirs)
@@ -253,15 +276,10 @@ def simulate_city(
     console.print(f"city: {districts} districts, {len(city.devices)} devices → {out}")
     if import_registry_:
         console.print(import_registry(db_url, city.devices))
-    begin = datetime.fromisoformat(start) if start else datetime.now(UTC).replace(microsecond=0)
-    if begin.tzinfo is None:
-        raise typer.BadParameter("--start needs a UTC offset, e.g. +08:00")
-    fleet = _city(
-        settings, profiles, city, seed, World(tuple(city.districts)), begin, _faults(fault or [])
-    )
+    fleet = _city(settings, profiles, city, seed, World(tuple(city.districts)), begin, faults)
     publisher = MqttPublisher(mqtt_url, mode, gateways=max(1, min(districts, 4)))
     with _stop_on_signal() as stop:
-        summary = run_fleet(fleet, publisher, _duration(duration), _speed(speed), stop, "city")
+        summary = run_fleet(fleet, publisher, run_for, factor, stop, "city")
     print_summary(summary)
 
 
@@ -290,6 +308,7 @@ def simulate_scenario(
         sc = load_scenario(scenario)
     except ScenarioError as exc:
         raise _fail(str(exc)) from None
+    factor = _speed(speed) if speed else sc.speed
     db_url, mqtt_url = _endpoints(settings)
     profiles = load_profiles(settings.profile_dirs)
     used_seed = sc.seed if seed is None else seed
@@ -307,7 +326,7 @@ def simulate_scenario(
     fleet = _city(settings, profiles, city, used_seed, world, sc.start, faults)
     console.print(
         f"scenario {sc.name}: {sc.title} — {len(city.devices)} devices, "
-        f"{sc.duration} simulated at {speed or sc.speed}×"
+        f"{sc.duration} simulated at {'max' if factor is None else f'{factor:g}'}×"
     )
     for e in sc.expect:
         console.print(
@@ -316,9 +335,7 @@ def simulate_scenario(
         )
     publisher = MqttPublisher(mqtt_url, gateways=max(1, min(sc.city.districts, 4)))
     with _stop_on_signal() as stop:
-        summary = run_fleet(
-            fleet, publisher, sc.duration, _speed(speed) if speed else sc.speed, stop, sc.name
-        )
+        summary = run_fleet(fleet, publisher, sc.duration, factor, stop, sc.name)
     print_summary(summary)
 
 

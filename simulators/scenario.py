@@ -17,6 +17,7 @@ import yaml
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
 
 from devices.durations import parse_duration
+from simulators.faults import FaultSpec
 from simulators.world import (
     EARTH_KM_PER_DEG,
     District,
@@ -161,10 +162,9 @@ class Scenario(_Strict):
                 )
             if step.pollution:
                 p = step.pollution
+                where = frozenset(_known(d, names, self.path, districts) for d in p.districts)
                 episodes.append(
-                    PollutionEpisode(
-                        at, p.build, p.hold, p.clear, p.peak_factor, frozenset(p.districts)
-                    )
+                    PollutionEpisode(at, p.build, p.hold, p.clear, p.peak_factor, where)
                 )
             if step.power_cut:
                 district = _known(step.power_cut.district, names, self.path, districts)
@@ -245,16 +245,29 @@ def load_scenario(name_or_path: str | Path) -> Scenario:
     path = find_scenario(name_or_path)
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except (OSError, yaml.YAMLError) as exc:
-        raise ScenarioError(f"{path}: cannot read the scenario: {exc}") from None
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
+        raise ScenarioError(
+            f"{path}: cannot read the scenario (save it as UTF-8 YAML): {exc}"
+        ) from None
     if not isinstance(data, dict):
         raise ScenarioError(f"{path}: a scenario is a YAML mapping (name, start, timeline…)")
     data.setdefault("name", path.stem)
     try:
-        return Scenario.model_validate({**data, "path": path})
+        scenario = Scenario.model_validate({**data, "path": path})
     except ValidationError as exc:
         lines = [f"{path}: invalid scenario"]
         for err in exc.errors():
             where = ".".join(str(p) for p in err["loc"])
             lines.append(f"  {where}: {err['msg'].removeprefix('Value error, ')}")
         raise ScenarioError("\n".join(lines)) from None
+    # Faults are checked now, not when the run reaches them.
+    for i, step in enumerate(scenario.timeline):
+        for j, entry in enumerate(step.faults):
+            try:
+                FaultSpec.from_entry(entry, scenario.start + step.at)
+            except ValueError as exc:
+                field = "kind" if "kind" in str(exc).lower() else "params"
+                raise ScenarioError(
+                    f"{path}: invalid scenario\n  timeline.{i}.faults.{j}.{field}: {exc}"
+                ) from None
+    return scenario

@@ -47,7 +47,7 @@ Event channel — an `EV1` frame::
 `code` is 1-3 digits (`01` is 1), the elevator profile's event code. `detail`
 is `key=value` pairs separated by `;`: keys are lower-case names, values are
 non-empty printable ASCII without `;`; integer values become int, decimal
-values float, anything else stays text.
+values float, `true` / `false` (any case) booleans, anything else stays text.
 
 Status channel — a single word such as `online` or `offline` (the unit's
 retained last will), case-insensitive.
@@ -290,7 +290,10 @@ def _detail(raw: str) -> dict[str, Any]:
     return detail
 
 
-def _detail_value(value: str) -> int | float | str:
+def _detail_value(value: str) -> int | float | bool | str:
+    lowered = value.lower()
+    if lowered in ("true", "false"):
+        return lowered == "true"
     if _DETAIL_INT.fullmatch(value):
         return int(value)
     if _DETAIL_DECIMAL.fullmatch(value):
