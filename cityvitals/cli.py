@@ -19,6 +19,7 @@ from rich.table import Table
 
 from cityvitals import status as status_view
 from cityvitals.app import Platform, endpoints, recorded_endpoints
+from cityvitals.aqi_cli import aqi
 from cityvitals.db import MigrationError, schema_status, upgrade
 from cityvitals.services import ServiceError
 from cityvitals.settings import Settings
@@ -41,6 +42,7 @@ devices_app = typer.Typer(help="Device profiles and the device registry.", no_ar
 app.add_typer(db_app, name="db")
 app.add_typer(devices_app, name="devices")
 app.add_typer(simulate_app, name="simulate")
+app.command("aqi")(aqi)
 
 console = Console()
 err = Console(stderr=True)

@@ -1,0 +1,656 @@
+"""The rule engine: readings and events in, alert transitions out.
+
+Pure: time is the readings' own timestamps (so simulated and replayed history
+evaluate as they happened) or the `now` given to `tick`. The per-alert state
+machine lives in `_advance` alone, in the manner of Prometheus's
+`AlertingRule.Eval`: pending → firing (after `for`) → resolved (after the
+clear condition held for `clear_for`), with escalation and de-escalation along
+a rule's ladder inside one alert. A rule that fails to evaluate is marked
+unhealthy with its last error and a counter; the others keep running.
+"""
+
+from __future__ import annotations
+
+import re
+from collections import deque
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+from zoneinfo import ZoneInfo
+
+from alerts.model import AlertTransition, ConditionState, Level
+from devices.model import DeviceEvent, Reading
+from devices.profile import DeviceProfile
+from rules.config import Rule, RuleSet
+from rules.derived import COMPUTE, HISTORY, enrich_attributes
+from rules.expr import EvalError
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+def _ts(t: datetime) -> float:
+    return (t - _EPOCH).total_seconds()
+
+
+def _dt(t: float) -> datetime:
+    return _EPOCH + timedelta(seconds=t)
+
+
+@dataclass(frozen=True)
+class DeviceInfo:
+    device_id: str
+    profile: DeviceProfile
+    district: str
+    name: str = ""
+    attributes: Mapping[str, Any] = field(default_factory=dict)
+
+
+class DeviceState:
+    """What the engine remembers of one device: latest values and just enough history."""
+
+    __slots__ = ("history", "info", "keep", "last_seen", "latest")
+
+    def __init__(self, info: DeviceInfo, keep: Mapping[str, float]) -> None:
+        self.info = info
+        self.keep = keep
+        self.latest: dict[str, tuple[float, float]] = {}
+        self.history: dict[str, deque[tuple[float, float]]] = {m: deque() for m in keep}
+        self.last_seen: float | None = None
+
+    def add(self, ts: float, metric: str, value: float) -> None:
+        previous = self.latest.get(metric)
+        if previous is None or ts >= previous[0]:
+            self.latest[metric] = (ts, value)
+        if self.last_seen is None or ts > self.last_seen:
+            self.last_seen = ts
+        history = self.history.get(metric)
+        if history is None:
+            return
+        if history and ts < history[-1][0]:
+            # Late reading: keep the window in time order.
+            items = sorted([*history, (ts, value)])
+            history.clear()
+            history.extend(items)
+        else:
+            history.append((ts, value))
+        horizon = (self.latest[metric][0]) - self.keep[metric]
+        while history and history[0][0] <= horizon:
+            history.popleft()
+
+
+class _Context:
+    """The expression language's view of one device at one instant."""
+
+    __slots__ = ("event", "now", "state", "tz")
+
+    def __init__(
+        self, state: DeviceState, now: float, tz: ZoneInfo, event: DeviceEvent | None = None
+    ) -> None:
+        self.state, self.now, self.tz, self.event = state, now, tz, event
+
+    def value(self, metric: str) -> float | None:
+        latest = self.state.latest.get(metric)
+        return None if latest is None else latest[1]
+
+    def window(self, metric: str, func: str, seconds: float) -> float | None:
+        history = self.state.history.get(metric, ())
+        lo = self.now - seconds
+        values = [(t, v) for t, v in history if lo < t <= self.now]
+        if func == "count":
+            return float(len(values))
+        if not values:
+            return None
+        if func == "sum":
+            return sum(v for _, v in values)
+        if func == "avg":
+            return sum(v for _, v in values) / len(values)
+        if func == "min":
+            return min(v for _, v in values)
+        if func == "max":
+            return max(v for _, v in values)
+        if func == "delta":
+            return values[-1][1] - values[0][1]
+        if func == "rate":
+            span = values[-1][0] - values[0][0]
+            return None if span <= 0 else (values[-1][1] - values[0][1]) / span * 3600
+        raise EvalError(f"unknown window function {func}")
+
+    def attribute(self, name: str) -> Any:
+        attributes = self.state.info.attributes
+        if name not in attributes:
+            raise EvalError(
+                f"device {self.state.info.device_id} has no attribute {name!r}; "
+                "set it in the registry"
+            )
+        return attributes[name]
+
+    def device_field(self, name: str) -> Any:
+        info = self.state.info
+        return {
+            "id": info.device_id,
+            "district": info.district,
+            "profile": info.profile.name,
+            "name": info.name,
+        }.get(name)
+
+    def event_field(self, name: str) -> Any:
+        if self.event is None:
+            raise EvalError("this rule is not evaluated on an event")
+        return {"type": self.event.type, "code": self.event.code, "detail": self.event.detail}.get(
+            name
+        )
+
+    def local_time(self) -> datetime:
+        return _dt(self.now).astimezone(self.tz)
+
+    def age(self, metric: str) -> float | None:
+        latest = self.state.latest.get(metric)
+        return None if latest is None else self.now - latest[0]
+
+
+@dataclass
+class AlertState:
+    """The condition state of one alert (rule × device, or rule × area)."""
+
+    fingerprint: str
+    rule: str
+    device_id: str | None
+    district: str | None
+    state: ConditionState
+    level: Level
+    since: float
+    """When the current state began (pending since, or firing since)."""
+    up_level: Level | None = None
+    up_since: float | None = None
+    down_since: float | None = None
+    last_event: float | None = None
+    values: dict[str, Any] = field(default_factory=dict)
+    parent: str | None = None
+
+
+@dataclass
+class RuleHealth:
+    evaluations: int = 0
+    errors: int = 0
+    last_error: str | None = None
+    last_error_at: datetime | None = None
+
+    @property
+    def healthy(self) -> bool:
+        """A rule that failed for any device is unhealthy until it is reloaded."""
+        return self.errors == 0
+
+
+_TEMPLATE = re.compile(r"\{([a-z_][a-z0-9_]*(?:\.[a-z_][a-z0-9_]*)?)(?::([^{}]*))?\}")
+
+
+def render(
+    template: str, state: DeviceState | None, level: Level, extra: Mapping[str, Any] | None = None
+) -> str:
+    """Fill `{metric}`, `{metric:.1f}`, `{attr.x}`, `{device.name}`, `{level}` — nothing else."""
+
+    def lookup(name: str) -> Any:
+        if extra and name in extra:
+            return extra[name]
+        if name == "level":
+            return level.label
+        if state is None:
+            return None
+        head, _, tail = name.partition(".")
+        if head == "attr" and tail:
+            return state.info.attributes.get(tail)
+        if head == "device" and tail:
+            info = state.info
+            return {
+                "id": info.device_id,
+                "name": info.name or info.device_id,
+                "district": info.district,
+                "profile": info.profile.name,
+            }.get(tail)
+        latest = state.latest.get(name)
+        return None if latest is None else latest[1]
+
+    def replace(m: re.Match[str]) -> str:
+        value = lookup(m.group(1))
+        if value is None:
+            return "?"
+        try:
+            return format(value, m.group(2) or "")
+        except (ValueError, TypeError):
+            return str(value)
+
+    return _TEMPLATE.sub(replace, template)
+
+
+class Engine:
+    def __init__(self, rules: RuleSet, timezone: str = "Asia/Shanghai") -> None:
+        self.rules = rules
+        self.tz = ZoneInfo(timezone)
+        self.devices: dict[str, DeviceState] = {}
+        self.alerts: dict[str, AlertState] = {}
+        self.health: dict[str, RuleHealth] = {r.name: RuleHealth() for r in rules.rules}
+        self.clock: float | None = None
+        self._by_device: dict[str, list[Rule]] = {}
+        self._by_kind: dict[str, list[Rule]] = {}
+        for rule in rules.rules:
+            self._by_kind.setdefault(rule.spec.kind, []).append(rule)
+
+    # -- registry ---------------------------------------------------------------------
+
+    def set_devices(self, devices: Iterable[DeviceInfo]) -> None:
+        """(Re)load the registry; known devices keep their values and history."""
+        for given in devices:
+            info = DeviceInfo(
+                given.device_id,
+                given.profile,
+                given.district,
+                given.name,
+                enrich_attributes(given.profile.name, given.attributes),
+            )
+            rules = [
+                r
+                for r in self.rules.rules
+                if r.spec.kind != "area"
+                and r.applies_to(info.profile, info.district, info.device_id, info.attributes)
+            ]
+            keep: dict[str, float] = dict(HISTORY.get(info.profile.name, {}))
+            for r in rules:
+                for metric, seconds in r.window_seconds.items():
+                    keep[metric] = max(keep.get(metric, 0.0), seconds)
+            old = self.devices.get(info.device_id)
+            state = DeviceState(info, keep)
+            if old is not None:
+                state.latest, state.last_seen = old.latest, old.last_seen
+                for metric in keep:
+                    state.history[metric] = old.history.get(metric, deque())
+            self.devices[info.device_id] = state
+            self._by_device[info.device_id] = rules
+
+    # -- persistence ------------------------------------------------------------------
+
+    def restore(self, states: Iterable[AlertState]) -> None:
+        """Take back pending and firing alerts saved before a restart: not raised again."""
+        for st in states:
+            self.alerts[st.fingerprint] = st
+
+    def seen(self, device_id: str, at: datetime) -> None:
+        """When a device was last heard of before a restart (for no-data rules)."""
+        state = self.devices.get(device_id)
+        if state is not None:
+            t = _ts(at)
+            state.last_seen = t if state.last_seen is None else max(state.last_seen, t)
+
+    # -- input --------------------------------------------------------------------------
+
+    def warm(self, readings: Iterable[Reading]) -> None:
+        """Refill values and windows from stored history, without raising anything."""
+        for r in readings:
+            state = self.devices.get(r.device_id)
+            if state is not None:
+                state.add(_ts(r.ts), r.metric, r.value)
+
+    def ingest(self, readings: Sequence[Reading]) -> list[AlertTransition]:
+        """Evaluate the device rules on new readings, instant by instant, per device."""
+        out: list[AlertTransition] = []
+        groups: dict[tuple[str, float], list[Reading]] = {}
+        for r in readings:
+            groups.setdefault((r.device_id, _ts(r.ts)), []).append(r)
+        touched_districts: set[str] = set()
+        for (device_id, ts), group in sorted(groups.items(), key=lambda kv: kv[0][1]):
+            state = self.devices.get(device_id)
+            if state is None:
+                continue
+            for r in group:
+                state.add(ts, r.metric, r.value)
+            self.clock = ts if self.clock is None else max(self.clock, ts)
+            metrics = {r.metric for r in group}
+            derive = COMPUTE.get(state.info.profile.name)
+            if derive is not None:
+                ctx = _Context(state, ts, self.tz)
+                for name, value in derive(ctx, _dt(ts), state.info.attributes, metrics).items():
+                    state.add(ts, name, value)
+                    metrics.add(name)
+            before = len(out)
+            for rule in self._by_device.get(device_id, ()):
+                kind = rule.spec.kind
+                if kind == "condition" and (not rule.metrics or rule.metrics & metrics):
+                    self._evaluate(rule, state, ts, out)
+                elif kind == "no_data":
+                    self._no_data_back(rule, state, ts, out)
+            if len(out) > before:
+                touched_districts.add(state.info.district)
+        out += self._areas(touched_districts, self.clock)
+        return out
+
+    def events(self, events: Sequence[DeviceEvent]) -> list[AlertTransition]:
+        out: list[AlertTransition] = []
+        touched: set[str] = set()
+        for e in sorted(events, key=lambda e: e.ts):
+            state = self.devices.get(e.device_id)
+            if state is None:
+                continue
+            t = _ts(e.ts)
+            self.clock = t if self.clock is None else max(self.clock, t)
+            for rule in self._by_device.get(e.device_id, ()):
+                if rule.spec.kind != "event":
+                    continue
+                fp = f"{rule.name}:{e.device_id}"
+                current = self.alerts.get(fp)
+                if e.type in rule.spec.events:
+                    if current is None:
+                        level = rule.spec.level or Level.RED
+                        st = AlertState(
+                            fp,
+                            rule.name,
+                            e.device_id,
+                            state.info.district,
+                            ConditionState.FIRING,
+                            level,
+                            t,
+                            last_event=t,
+                            values={"event": e.type, "code": e.code, **e.detail},
+                        )
+                        self.alerts[fp] = st
+                        out.append(self._transition(rule, st, Level.NORMAL, t, state))
+                        touched.add(state.info.district)
+                    else:
+                        current.last_event = t
+                elif current is not None and e.type in rule.spec.resolve_on:
+                    out.append(self._resolve(rule, current, t, state))
+                    touched.add(state.info.district)
+        out += self._areas(touched, self.clock)
+        return out
+
+    def tick(self, now: datetime) -> list[AlertTransition]:
+        """Time passing: `for` timers, silent devices, event alerts that time out."""
+        t = _ts(now)
+        self.clock = t if self.clock is None else max(self.clock, t)
+        out: list[AlertTransition] = []
+        touched: set[str] = set()
+        rules = self.rules.by_name()
+        for st in list(self.alerts.values()):
+            rule = rules.get(st.rule)
+            if rule is None or st.device_id is None:
+                continue
+            state = self.devices.get(st.device_id)
+            if state is None:
+                continue
+            before = len(out)
+            if rule.spec.kind == "condition" and st.state is ConditionState.PENDING:
+                if t - st.since >= rule.spec.for_.total_seconds():
+                    self._evaluate(rule, state, t, out)
+            elif (
+                rule.spec.kind == "event"
+                and rule.spec.resolve_after is not None
+                and st.last_event is not None
+                and t - st.last_event >= rule.spec.resolve_after.total_seconds()
+            ):
+                out.append(self._resolve(rule, st, t, state))
+            if len(out) > before:
+                touched.add(state.info.district)
+        for rule in self._by_kind.get("no_data", ()):
+            for device_id, rs in self._by_device.items():
+                if rule not in rs:
+                    continue
+                state = self.devices[device_id]
+                if self._no_data(rule, state, t, out):
+                    touched.add(state.info.district)
+        out += self._areas(touched, t)
+        return out
+
+    # -- the state machine ----------------------------------------------------------------
+
+    def _fail(self, rule: Rule, state: DeviceState | None, t: float, exc: Exception) -> None:
+        health = self.health[rule.name]
+        health.errors += 1
+        where = f" on device {state.info.device_id}" if state is not None else ""
+        health.last_error = f"{rule.source}: {rule.name}{where}: {exc}"
+        health.last_error_at = _dt(t)
+
+    def _level_now(self, rule: Rule, ctx: _Context) -> Level | None:
+        active = rule.spec.active
+        if active is not None:
+            local = ctx.local_time().strftime("%H:%M")
+            start, end = active.between
+            inside = start <= local < end if start <= end else (local >= start or local < end)
+            if not inside:
+                return None
+        level: Level | None = None
+        for rung in rule.rungs:
+            if rung.when.evaluate(ctx):
+                level = rung.level
+        return level
+
+    def _evaluate(
+        self, rule: Rule, state: DeviceState, t: float, out: list[AlertTransition]
+    ) -> None:
+        ctx = _Context(state, t, self.tz)
+        health = self.health[rule.name]
+        health.evaluations += 1
+        fp = f"{rule.name}:{state.info.device_id}"
+        st = self.alerts.get(fp)
+        try:
+            level = self._level_now(rule, ctx)
+            clear_ok = self._clear_ok(rule, st, level, ctx)
+        except EvalError as exc:
+            self._fail(rule, state, t, exc)
+            return
+        self._advance(rule, state, fp, st, level, clear_ok, t, out)
+
+    def _clear_ok(
+        self, rule: Rule, st: AlertState | None, level: Level | None, ctx: _Context
+    ) -> bool:
+        """Whether the alert may step down from its current level (hysteresis)."""
+        if st is None or st.state is not ConditionState.FIRING:
+            return True
+        if level is None and rule.clear is not None:
+            return bool(rule.clear.evaluate(ctx))
+        rung = next((r for r in rule.rungs if r.level == st.level), None)
+        if rung is not None and rung.clear is not None:
+            return bool(rung.clear.evaluate(ctx))
+        return True
+
+    def _advance(
+        self,
+        rule: Rule,
+        state: DeviceState,
+        fp: str,
+        st: AlertState | None,
+        level: Level | None,
+        clear_ok: bool,
+        t: float,
+        out: list[AlertTransition],
+    ) -> None:
+        hold = rule.spec.for_.total_seconds()
+        clear_for = rule.spec.clear_for.total_seconds()
+        if st is None:
+            if level is None:
+                return
+            st = AlertState(
+                fp,
+                rule.name,
+                state.info.device_id,
+                state.info.district,
+                ConditionState.PENDING,
+                level,
+                t,
+            )
+            self.alerts[fp] = st
+            if hold > 0:
+                out.append(self._transition(rule, st, Level.NORMAL, t, state))
+                return
+        if st.state is ConditionState.PENDING:
+            if level is None:
+                # Never fired: the pending alert ends (the alerts service shows nothing).
+                out.append(self._resolve(rule, st, t, state))
+                return
+            st.level = level
+            if t - st.since >= hold:
+                st.state, st.since = ConditionState.FIRING, t
+                out.append(self._transition(rule, st, Level.NORMAL, t, state))
+            return
+        # Firing.
+        if level is not None and level > st.level:
+            st.down_since = None
+            if st.up_level != level:
+                st.up_level, st.up_since = level, t
+            assert st.up_since is not None
+            if t - st.up_since >= hold:
+                previous, st.level = st.level, level
+                st.up_level = st.up_since = None
+                out.append(self._transition(rule, st, previous, t, state))
+            return
+        st.up_level = st.up_since = None
+        if level == st.level or not clear_ok:
+            st.down_since = None
+            return
+        if st.down_since is None:
+            st.down_since = t
+        if t - st.down_since < clear_for:
+            return
+        if level is None:
+            out.append(self._resolve(rule, st, t, state))
+        else:
+            previous, st.level, st.down_since = st.level, level, None
+            out.append(self._transition(rule, st, previous, t, state))
+
+    def _resolve(
+        self, rule: Rule, st: AlertState, t: float, state: DeviceState | None
+    ) -> AlertTransition:
+        self.alerts.pop(st.fingerprint, None)
+        previous = st.level
+        st.state = ConditionState.RESOLVED
+        return self._transition(rule, st, previous, t, state)
+
+    def _transition(
+        self, rule: Rule, st: AlertState, previous: Level, t: float, state: DeviceState | None
+    ) -> AlertTransition:
+        values = dict(st.values)
+        if state is not None:
+            for metric in sorted(rule.metrics):
+                latest = state.latest.get(metric)
+                if latest is not None:
+                    values[metric] = latest[1]
+        st.values = values
+        level = st.level
+        summary = render(rule.spec.summary or rule.spec.title or rule.name, state, level, values)
+        return AlertTransition(
+            fingerprint=st.fingerprint,
+            rule=rule.name,
+            domain=rule.spec.domain,
+            state=st.state,
+            level=level,
+            previous_level=previous,
+            at=_dt(t),
+            device_id=st.device_id,
+            district=st.district,
+            summary=summary,
+            labels=dict(rule.spec.labels),
+            values=values,
+            parent=st.parent,
+        )
+
+    # -- silence ----------------------------------------------------------------------------
+
+    def _silent_after(self, rule: Rule, state: DeviceState) -> float:
+        assert rule.spec.no_data is not None
+        return rule.spec.no_data * state.info.profile.reporting_interval.total_seconds()
+
+    def _no_data(
+        self, rule: Rule, state: DeviceState, t: float, out: list[AlertTransition]
+    ) -> bool:
+        if state.last_seen is None:
+            state.last_seen = t  # first heard of now: give it its full interval
+            return False
+        fp = f"{rule.name}:{state.info.device_id}"
+        if fp in self.alerts or t - state.last_seen < self._silent_after(rule, state):
+            return False
+        level = rule.spec.level or Level.BLUE
+        st = AlertState(
+            fp,
+            rule.name,
+            state.info.device_id,
+            state.info.district,
+            ConditionState.FIRING,
+            level,
+            t,
+            values={"silent_s": round(t - state.last_seen)},
+        )
+        self.alerts[fp] = st
+        out.append(self._transition(rule, st, Level.NORMAL, t, state))
+        return True
+
+    def _no_data_back(
+        self, rule: Rule, state: DeviceState, t: float, out: list[AlertTransition]
+    ) -> None:
+        st = self.alerts.get(f"{rule.name}:{state.info.device_id}")
+        if st is not None:
+            out.append(self._resolve(rule, st, t, state))
+
+    # -- areas --------------------------------------------------------------------------------
+
+    def _areas(self, districts: set[str], now: float | None) -> list[AlertTransition]:
+        out: list[AlertTransition] = []
+        if now is None or not districts:
+            return out
+        for rule in self._by_kind.get("area", ()):
+            spec = rule.spec
+            assert spec.member is not None
+            scopes = sorted(districts) if spec.area == "district" else ["*"]
+            for district in scopes:
+                firing = [
+                    st
+                    for st in self.alerts.values()
+                    if st.rule == spec.member
+                    and st.state is ConditionState.FIRING
+                    and (district == "*" or st.district == district)
+                ]
+                fp = f"{rule.name}:{spec.area}:{district}"
+                st = self.alerts.get(fp)
+                # `within` bounds how close together the members must start to raise the
+                # area alert; once raised, it holds while enough members still fire.
+                members = (
+                    firing
+                    if st is not None or spec.within is None
+                    else [m for m in firing if now - m.since <= spec.within.total_seconds()]
+                )
+                population = sum(
+                    1
+                    for device_id, rs in self._by_device.items()
+                    if any(r.name == spec.member for r in rs)
+                    and (district == "*" or self.devices[device_id].info.district == district)
+                )
+                holds = (
+                    len(members) >= spec.count
+                    if spec.count is not None
+                    else population > 0 and len(members) / population >= (spec.share or 1)
+                )
+                level = spec.level or Level.ORANGE
+                values = {
+                    "members": len(members),
+                    "devices": population,
+                    "member_alerts": sorted(m.fingerprint for m in members),
+                }
+                if holds and st is None:
+                    st = AlertState(
+                        fp,
+                        rule.name,
+                        None,
+                        None if district == "*" else district,
+                        ConditionState.FIRING,
+                        level,
+                        now,
+                        values=values,
+                    )
+                    self.alerts[fp] = st
+                    for m in members:
+                        m.parent = fp
+                    out.append(self._transition(rule, st, Level.NORMAL, now, None))
+                elif holds and st is not None:
+                    for m in members:
+                        m.parent = fp
+                elif not holds and st is not None:
+                    st.values = values
+                    out.append(self._resolve(rule, st, now, None))
+        return out
