@@ -14,10 +14,12 @@ from pathlib import Path
 from types import FrameType
 
 from cityvitals.db import UpgradeResult, upgrade
+from cityvitals.rules_runtime import RuleRuntime
 from cityvitals.services import LocalMosquitto, LocalPostgres
 from cityvitals.settings import Settings
 from devices.profile import ProfileSet, load_profiles
-from ingest.service import IngestConfig, IngestService, ReadingSink
+from ingest.service import IngestConfig, IngestService
+from rules.config import load_rules
 
 log = logging.getLogger(__name__)
 
@@ -111,17 +113,33 @@ def ingest_config(settings: Settings, ends: Endpoints) -> IngestConfig:
 
 
 class Platform:
-    """The running platform: schema brought up to date, then the ingest loop."""
+    """The running platform: schema brought up to date, the ingest loop, the rule engine."""
 
-    def __init__(self, settings: Settings, ends: Endpoints, sink: ReadingSink | None = None):
+    def __init__(self, settings: Settings, ends: Endpoints):
         self.settings = settings
         self.endpoints = ends
         self.profiles: ProfileSet = load_profiles(settings.profile_dirs)
         self.schema: UpgradeResult = upgrade(ends.database_url)
+        self.rules: RuleRuntime | None = None
+        if settings.rules_enabled:
+            self.rules = RuleRuntime(
+                load_rules(self.profiles, settings.rule_dirs),
+                self.profiles,
+                ends.database_url,
+                ends.mqtt_url,
+                topic_root=settings.topic_root,
+                tick_interval=settings.rules_tick,
+                vitals_interval=settings.vitals_interval,
+                registry_refresh=settings.registry_refresh,
+                timezone=settings.timezone,
+            )
+        sink = self.rules.submit if self.rules is not None else None
         self.ingest = IngestService(ingest_config(settings, ends), self.profiles, sink)
         self._thread: threading.Thread | None = None
 
     def start(self) -> None:
+        if self.rules is not None:
+            self.rules.start()
         self._thread = threading.Thread(target=self.ingest.run, name="ingest", daemon=True)
         self._thread.start()
 
@@ -129,6 +147,8 @@ class Platform:
         self.ingest.stop()
         if self._thread is not None:
             self._thread.join(timeout)
+        if self.rules is not None:
+            self.rules.stop(timeout)
 
     def wait(self) -> None:
         """Block until SIGINT/SIGTERM, then stop cleanly."""

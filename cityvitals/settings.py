@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 from typing import Annotated, Any
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import Field, field_validator
 from pydantic_settings import (
@@ -63,6 +64,16 @@ class Settings(BaseSettings):
     registry_refresh: float = Field(default=30.0, gt=0)
     """Seconds between reloads of the device registry by the ingest service."""
     reconnect_max_delay: float = Field(default=30.0, gt=0)
+    rules_enabled: bool = True
+    """Run the rule engine on the ingested readings (off: storage only)."""
+    rule_dirs: Annotated[list[Path], NoDecode] = []
+    """Directories of a deployment's own rule files, beside the built-in library."""
+    rules_tick: float = Field(default=5.0, gt=0)
+    """Seconds between evaluations of timers: `for`, silent devices, event time-outs."""
+    vitals_interval: float = Field(default=60.0, gt=0)
+    """Vital signs are recomputed on every alert change and at least this often."""
+    timezone: str = "Asia/Shanghai"
+    """Local time of the city: schedules (night noise) and diurnal indicators."""
     stats_interval: float = Field(default=5.0, gt=0)
     log_level: str = "INFO"
 
@@ -72,8 +83,19 @@ class Settings(BaseSettings):
         "registry_refresh",
         "reconnect_max_delay",
         "stats_interval",
+        "rules_tick",
+        "vitals_interval",
         mode="before",
     )(_seconds)
+
+    @field_validator("timezone")
+    @classmethod
+    def _zone(cls, value: str) -> str:
+        try:
+            ZoneInfo(value)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ValueError(f"{value!r} is not an IANA time zone, e.g. Asia/Shanghai") from None
+        return value
 
     @field_validator("log_level")
     @classmethod
@@ -83,7 +105,7 @@ class Settings(BaseSettings):
             raise ValueError(f"{value!r} is not one of DEBUG, INFO, WARNING, ERROR, CRITICAL")
         return level
 
-    @field_validator("districts", "profile_dirs", mode="before")
+    @field_validator("districts", "profile_dirs", "rule_dirs", mode="before")
     @classmethod
     def _comma_list(cls, value: Any) -> Any:
         if isinstance(value, str) and not value.strip().startswith("["):

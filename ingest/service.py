@@ -22,7 +22,7 @@ from typing import TypeVar
 
 import psycopg
 
-from devices.model import Quality, Reading
+from devices.model import DeviceEvent, Quality, Reading
 from devices.profile import DeviceProfile
 from ingest.decode import DeadLetter, DeadLetterReason, DecodedMessage, MessageDecoder
 from ingest.mqtt import BrokerAddress, InboundMessage, MqttReceiver
@@ -36,8 +36,9 @@ T = TypeVar("T")
 SEQ_RESTART_JUMP = 1000
 """A seq this far below the last one means the device restarted its counter."""
 
-ReadingSink = Callable[[Sequence[Reading]], None]
-"""Called with each committed batch's readings (the shell connects the rule engine)."""
+BatchSink = Callable[[Sequence[Reading], Sequence[DeviceEvent]], None]
+"""Called with each committed batch's readings and events (the shell connects the rule
+engine). It runs on the ingest thread: hand the work to another thread and return."""
 
 
 @dataclass(frozen=True)
@@ -88,7 +89,7 @@ class IngestService:
         self,
         config: IngestConfig,
         profiles: Mapping[str, DeviceProfile],
-        sink: ReadingSink | None = None,
+        sink: BatchSink | None = None,
     ) -> None:
         self.config = config
         self.sink = sink
@@ -188,11 +189,15 @@ class IngestService:
         c.duplicates += dropped
         for letter in batch.dead_letters:
             c.dead_letter_reasons[letter.reason] = c.dead_letter_reasons.get(letter.reason, 0) + 1
-        if self.sink is not None and batch.readings:
+        if self.sink is not None and (batch.readings or batch.events):
             try:
-                self.sink(batch.readings)
+                self.sink(batch.readings, batch.events)
             except Exception:  # the rule engine's failure must not stop storage
-                log.exception("reading sink failed for a batch of %d readings", len(batch.readings))
+                log.exception(
+                    "batch sink failed for %d readings, %d events",
+                    len(batch.readings),
+                    len(batch.events),
+                )
 
     def _assemble(self, decoded: list[DecodedMessage]) -> tuple[Batch, int, dict[str, int]]:
         """One batch of everything decoded, the readings dropped as seq duplicates, and the

@@ -29,11 +29,11 @@ from rules.expr import EvalError
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
-def _ts(t: datetime) -> float:
+def epoch_seconds(t: datetime) -> float:
     return (t - _EPOCH).total_seconds()
 
 
-def _dt(t: float) -> datetime:
+def from_epoch(t: float) -> datetime:
     return _EPOCH + timedelta(seconds=t)
 
 
@@ -142,7 +142,7 @@ class _Context:
         )
 
     def local_time(self) -> datetime:
-        return _dt(self.now).astimezone(self.tz)
+        return from_epoch(self.now).astimezone(self.tz)
 
     def age(self, metric: str) -> float | None:
         latest = self.state.latest.get(metric)
@@ -278,7 +278,7 @@ class Engine:
         """When a device was last heard of before a restart (for no-data rules)."""
         state = self.devices.get(device_id)
         if state is not None:
-            t = _ts(at)
+            t = epoch_seconds(at)
             state.last_seen = t if state.last_seen is None else max(state.last_seen, t)
 
     # -- input --------------------------------------------------------------------------
@@ -288,14 +288,14 @@ class Engine:
         for r in readings:
             state = self.devices.get(r.device_id)
             if state is not None:
-                state.add(_ts(r.ts), r.metric, r.value)
+                state.add(epoch_seconds(r.ts), r.metric, r.value)
 
     def ingest(self, readings: Sequence[Reading]) -> list[AlertTransition]:
         """Evaluate the device rules on new readings, instant by instant, per device."""
         out: list[AlertTransition] = []
         groups: dict[tuple[str, float], list[Reading]] = {}
         for r in readings:
-            groups.setdefault((r.device_id, _ts(r.ts)), []).append(r)
+            groups.setdefault((r.device_id, epoch_seconds(r.ts)), []).append(r)
         touched_districts: set[str] = set()
         for (device_id, ts), group in sorted(groups.items(), key=lambda kv: kv[0][1]):
             state = self.devices.get(device_id)
@@ -308,7 +308,9 @@ class Engine:
             derive = COMPUTE.get(state.info.profile.name)
             if derive is not None:
                 ctx = _Context(state, ts, self.tz)
-                for name, value in derive(ctx, _dt(ts), state.info.attributes, metrics).items():
+                for name, value in derive(
+                    ctx, from_epoch(ts), state.info.attributes, metrics
+                ).items():
                     state.add(ts, name, value)
                     metrics.add(name)
             before = len(out)
@@ -330,7 +332,7 @@ class Engine:
             state = self.devices.get(e.device_id)
             if state is None:
                 continue
-            t = _ts(e.ts)
+            t = epoch_seconds(e.ts)
             self.clock = t if self.clock is None else max(self.clock, t)
             for rule in self._by_device.get(e.device_id, ()):
                 if rule.spec.kind != "event":
@@ -364,7 +366,7 @@ class Engine:
 
     def tick(self, now: datetime) -> list[AlertTransition]:
         """Time passing: `for` timers, silent devices, event alerts that time out."""
-        t = _ts(now)
+        t = epoch_seconds(now)
         self.clock = t if self.clock is None else max(self.clock, t)
         out: list[AlertTransition] = []
         touched: set[str] = set()
@@ -406,7 +408,7 @@ class Engine:
         health.errors += 1
         where = f" on device {state.info.device_id}" if state is not None else ""
         health.last_error = f"{rule.source}: {rule.name}{where}: {exc}"
-        health.last_error_at = _dt(t)
+        health.last_error_at = from_epoch(t)
 
     def _level_now(self, rule: Rule, ctx: _Context) -> Level | None:
         active = rule.spec.active
@@ -542,7 +544,7 @@ class Engine:
             state=st.state,
             level=level,
             previous_level=previous,
-            at=_dt(t),
+            at=from_epoch(t),
             device_id=st.device_id,
             district=st.district,
             summary=summary,

@@ -11,7 +11,19 @@ import pytest
 from cityvitals.db import MIGRATIONS_DIR, MigrationError, available_migrations, upgrade
 from tests.support import rows, scalar
 
-CORE_TABLES = {"devices", "readings", "events", "device_status", "dead_letters", "ingest_stats"}
+CORE_TABLES = {
+    "devices",
+    "readings",
+    "events",
+    "device_status",
+    "dead_letters",
+    "ingest_stats",
+    "alerts",
+    "alert_events",
+    "rule_state",
+    "rule_health",
+    "vital_signs",
+}
 
 
 def _timescale_available(url: str) -> bool:
@@ -22,8 +34,9 @@ def _timescale_available(url: str) -> bool:
 
 def test_upgrade_creates_schema_and_is_idempotent(empty_database: str) -> None:
     first = upgrade(empty_database)
-    assert [m.version for m in first.applied] == [1, 2]
-    assert first.current == 2
+    versions = [m.version for m in available_migrations(first.flavor)]
+    assert [m.version for m in first.applied] == versions == list(range(1, len(versions) + 1))
+    assert first.current == versions[-1]
     tables = {
         r[0]
         for r in rows(empty_database, "SELECT tablename FROM pg_tables WHERE schemaname = 'public'")
@@ -31,8 +44,8 @@ def test_upgrade_creates_schema_and_is_idempotent(empty_database: str) -> None:
     assert tables >= CORE_TABLES
     second = upgrade(empty_database)
     assert second.applied == []
-    assert second.current == 2
-    assert scalar(empty_database, "SELECT count(*) FROM schema_migrations") == 2
+    assert second.current == versions[-1]
+    assert scalar(empty_database, "SELECT count(*) FROM schema_migrations") == len(versions)
     assert scalar(empty_database, "SELECT min(variant) FROM schema_migrations") == first.flavor
 
 
