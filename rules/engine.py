@@ -24,7 +24,7 @@ from devices.model import DeviceEvent, Reading
 from devices.profile import DeviceProfile
 from rules.config import Rule, RuleSet
 from rules.derived import COMPUTE, HISTORY, enrich_attributes
-from rules.expr import EvalError
+from rules.expr import EvalError, MissingValueError, window_aggregate
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
@@ -96,25 +96,8 @@ class _Context:
     def window(self, metric: str, func: str, seconds: float) -> float | None:
         history = self.state.history.get(metric, ())
         lo = self.now - seconds
-        values = [(t, v) for t, v in history if lo < t <= self.now]
-        if func == "count":
-            return float(len(values))
-        if not values:
-            return None
-        if func == "sum":
-            return sum(v for _, v in values)
-        if func == "avg":
-            return sum(v for _, v in values) / len(values)
-        if func == "min":
-            return min(v for _, v in values)
-        if func == "max":
-            return max(v for _, v in values)
-        if func == "delta":
-            return values[-1][1] - values[0][1]
-        if func == "rate":
-            span = values[-1][0] - values[0][0]
-            return None if span <= 0 else (values[-1][1] - values[0][1]) / span * 3600
-        raise EvalError(f"unknown window function {func}")
+        value = window_aggregate(func, [(t, v) for t, v in history if lo < t <= self.now])
+        return None if value is None else float(value)
 
     def attribute(self, name: str) -> Any:
         attributes = self.state.info.attributes
@@ -435,6 +418,8 @@ class Engine:
         try:
             level = self._level_now(rule, ctx)
             clear_ok = self._clear_ok(rule, st, level, ctx)
+        except MissingValueError:
+            return  # no data for it yet: nothing to decide, and nothing wrong with the rule
         except EvalError as exc:
             self._fail(rule, state, t, exc)
             return

@@ -2,9 +2,12 @@
 
 A condition is parsed with `ast.parse(mode="eval")`, checked node by node against a
 whitelist and compiled once, at load time, into a tree of closures. Evaluation never reaches
-Python's compiler, `eval`, builtins, imports or attribute lookup by a name the author wrote:
-every closure calls only the fixed helpers below and the methods of the `EvalContext` it is
-given. Anything the compiler has no case for is a load error (a whitelist, not a blacklist).
+Python's compiler, `eval`, imports, or any builtin, attribute or object the author's text
+names: every closure calls only the fixed helpers below and the `EvalContext` methods, with
+names checked at load time. Anything the compiler has no case for is a load error (a
+whitelist, not a blacklist). Arithmetic takes real numbers only (no string repetition or
+`%` formatting), exponents are at most 10, integers at most 4096 bits, source at most 4000
+characters and 100 levels deep, so no condition can exhaust memory or time.
 
 Grammar (Python precedence and syntax):
 
@@ -52,6 +55,8 @@ MAX_EXPONENT: Final = 10
 MAX_INT_BITS: Final = 4096
 """Integers beyond this many bits are an overflow: they cannot be a sensible quantity."""
 MAX_ROUND_DIGITS: Final = 15
+MAX_WINDOW_SECONDS: Final = 7 * 86400
+"""The longest window: the engine keeps that much history per metric and device."""
 
 SPECIALS: Final = frozenset({"attr", "device", "event"})
 DEVICE_FIELDS: Final = frozenset({"id", "district", "profile", "name", "lat", "lon"})
@@ -145,6 +150,7 @@ class Expression:
     _run: _Run = field(repr=False)
 
     def evaluate(self, ctx: EvalContext) -> Any:
+        """The condition's value for `ctx`; any failure, even inside `ctx`, is an EvalError."""
         try:
             return self._run(ctx)
         except EvalError:
@@ -297,6 +303,12 @@ def _checked(r: Any, label: str) -> Any:
     return r
 
 
+def _arithmetic_problem(exc: Exception) -> str:
+    if isinstance(exc, OverflowError):
+        return "overflow (result out of range)"
+    return str(exc)
+
+
 def _pow(a: Any, b: Any) -> Any:
     if abs(b) > MAX_EXPONENT:
         raise ArithmeticError(f"exponent {b} exceeds the limit of {MAX_EXPONENT}")
@@ -379,6 +391,7 @@ def _const_run(value: Any) -> _Run:
 
 class _Compiler:
     def __init__(self, text: str, metrics: frozenset[str], line: int) -> None:
+        text = text.rstrip()
         self.text = text
         self.lines = text.split("\n")
         self.allowed = metrics
@@ -421,20 +434,39 @@ class _Compiler:
         try:
             tree = ast.parse(self.wrapped, mode="eval")
         except SyntaxError as exc:
-            problem = exc.msg or "invalid syntax"
-            offset = (exc.offset or 1) - 1
-            raise self._at((exc.lineno or 2) - 1, offset, problem, byte_col=False) from None
+            raise self.syntax_error(exc) from None
         except (RecursionError, MemoryError, ValueError) as exc:
             problem = (
                 "expression is nested too deeply" if not isinstance(exc, ValueError) else str(exc)
             )
             raise ExprError(self.line, 1, problem) from None
         body = tree.body
+        if isinstance(body, ast.Tuple) and not body.elts:  # only a comment
+            raise ExprError(self.line, 1, "empty expression")
         # The body starts on the wrapper's line only if it is a bracketed tuple or generator,
         # or if a ')' in the text closed the wrapper's '(' (as in "a) or (b").
         if body.lineno == 1 and not isinstance(body, ast.Tuple | ast.GeneratorExp):
-            raise ExprError(self.line, 1, "unmatched ')'")
+            raise self.stray_bracket() or ExprError(self.line, 1, "unmatched ')'")
         return body
+
+    def syntax_error(self, exc: SyntaxError) -> ExprError:
+        if (exc.msg or "").startswith("unmatched"):
+            stray = self.stray_bracket()
+            if stray is not None:
+                return stray
+        offset = (exc.offset or 1) - 1
+        return self._at((exc.lineno or 2) - 1, offset, exc.msg or "invalid syntax", byte_col=False)
+
+    def stray_bracket(self) -> ExprError | None:
+        """Where the text on its own has an unmatched bracket (which the wrapper may hide)."""
+        try:
+            ast.parse(self.text, mode="eval")
+        except SyntaxError as exc:
+            if (exc.msg or "").startswith("unmatched") and exc.lineno is not None:
+                return self._at(exc.lineno, (exc.offset or 1) - 1, exc.msg, byte_col=False)
+        except (RecursionError, MemoryError, ValueError):
+            pass
+        return None
 
     def compile(self, node: ast.expr, depth: int = 0) -> _Node:
         if depth > MAX_DEPTH:
@@ -569,7 +601,7 @@ class _Compiler:
                 try:
                     r = op(a, constant)
                 except (ArithmeticError, ValueError, TypeError) as exc:
-                    raise EvalError(f"{label}: {exc}") from None
+                    raise EvalError(f"{label}: {_arithmetic_problem(exc)}") from None
                 if type(r) is float and r - r == 0.0:  # finite: the common case, checked cheaply
                     return r
                 return _checked(r, label)
@@ -586,7 +618,7 @@ class _Compiler:
             try:
                 r = op(a, b)
             except (ArithmeticError, ValueError, TypeError) as exc:
-                raise EvalError(f"{label}: {exc}") from None
+                raise EvalError(f"{label}: {_arithmetic_problem(exc)}") from None
             if type(r) is float and r - r == 0.0:
                 return r
             return _checked(r, label)
@@ -765,7 +797,6 @@ class _Compiler:
                 raise MissingValueError(tmiss)
             return brun(ctx) if c else orun(ctx)
 
-        # A missing branch value is reported by the branch's own message.
         return _Node(run, f"{label} has no value", label)
 
     # --- calls ---------------------------------------------------------------------------
@@ -846,6 +877,8 @@ class _Compiler:
             raise self.error(duration, f"bad duration: {exc}") from None
         if seconds <= 0:
             raise self.error(duration, f"the duration {text!r} must be longer than zero")
+        if seconds > MAX_WINDOW_SECONDS:
+            raise self.error(duration, f"the duration {text!r} is longer than the limit of 7d")
         self.windows.add(WindowRef(metric, func, seconds))
         if func == "rate":
             missing = f"too few readings of {metric} in the last {text} for a rate"
@@ -931,7 +964,7 @@ class _Compiler:
             try:
                 return round(v) if digits is None else round(v, digits)
             except (ArithmeticError, ValueError) as exc:
-                raise EvalError(f"{label}: {exc}") from None
+                raise EvalError(f"{label}: {_arithmetic_problem(exc)}") from None
 
         return _Node(run, f"{label} has no value", label)
 

@@ -344,7 +344,13 @@ _DETAIL_VALUES = st.one_of(
         alphabet=st.characters(min_codepoint=0x20, max_codepoint=0x7E, exclude_characters=";"),
         min_size=1,
         max_size=20,
-    ).filter(lambda s: s == s.strip() and not s.lstrip("-").replace(".", "").isdigit()),
+    ).filter(
+        lambda s: (
+            s == s.strip()
+            and not s.lstrip("-").replace(".", "").isdigit()
+            and s.lower() not in ("true", "false")
+        )  # those decode as booleans
+    ),
 )
 
 
