@@ -24,6 +24,7 @@ from cityvitals.db import MigrationError, schema_status, upgrade
 from cityvitals.services import ServiceError
 from cityvitals.settings import Settings
 from cityvitals.simulate_cli import simulate_app
+from cityvitals.vitals_cli import vitals
 from devices.errors import ProfileError, RegistryError
 from devices.profile import load_profile, load_profiles, profile_files
 from devices.registry import read_registry_csv
@@ -43,6 +44,7 @@ app.add_typer(db_app, name="db")
 app.add_typer(devices_app, name="devices")
 app.add_typer(simulate_app, name="simulate")
 app.command("aqi")(aqi)
+app.command("vitals")(vitals)
 
 console = Console()
 err = Console(stderr=True)

@@ -146,6 +146,7 @@ class RuleRuntime:
         self._connect_mqtt()
         self.ready.set()
         next_tick = next_vitals = next_registry = time.monotonic()
+        dirty, last_vitals = False, 0.0
         while True:
             try:
                 item = self._queue.get(timeout=max(0.05, next_tick - time.monotonic()))
@@ -167,9 +168,14 @@ class RuleRuntime:
                     next_tick = now + self.tick_interval
                 if out:
                     self._store(out)
-                if out or now >= next_vitals:
-                    self._publish_vitals(force=now >= next_vitals)
-                    next_vitals = now + self.vitals_interval if now >= next_vitals else next_vitals
+                # Recomputing vitals walks every device: on change, at most every 2 s.
+                dirty = dirty or bool(out)
+                if now >= next_vitals or (dirty and now - last_vitals >= 2.0):
+                    forced = now >= next_vitals
+                    self._publish_vitals(force=forced)
+                    dirty, last_vitals = False, now
+                    if forced:
+                        next_vitals = now + self.vitals_interval
                 if now >= next_registry:
                     self.engine.set_devices(load_devices(self.conn, self.profiles))
                     save_health(self.conn, self.engine.health)
