@@ -119,6 +119,8 @@ class Expectation(_Strict):
     after: Duration = timedelta(0)
     before: Duration | None = None
     event: str | None = None
+    rule: str | None = None
+    """The rule that should raise it, when the domain and level alone are ambiguous."""
 
 
 class CitySpec(_Strict):
@@ -138,6 +140,8 @@ class Scenario(_Strict):
     city: CitySpec = CitySpec()
     timeline: list[Step] = []
     expect: list[Expectation] = []
+    quiet_above: Literal["blue", "yellow", "orange", "red"] | None = None
+    """No alert above this level should fire (a quiet day: `blue`)."""
     path: Path | None = Field(default=None, exclude=True)
 
     def world(self, districts: list[District]) -> World:
