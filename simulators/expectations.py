@@ -63,7 +63,9 @@ def check(
             and t.level == level
             and (e.rule is None or t.rule == e.rule)
             and (district is None or t.district == district)
-            and (e.event is None or t.values.get("event") == e.event)
+            # The device event behind it, unless the rule is named (a condition rule's
+            # transition carries readings, not the event that the device also sent).
+            and (e.rule is not None or e.event is None or t.values.get("event") == e.event)
         ]
         findings.append(Finding(e, min(times) if times else None))
     return findings

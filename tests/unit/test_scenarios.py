@@ -29,7 +29,6 @@ from simulators.faults import (
     FaultInjector,
     FaultKind,
     FaultSpec,
-    FaultSpecError,
     MalformedVariant,
 )
 from simulators.fleet import Fleet, sim_devices
@@ -130,6 +129,7 @@ def test_typhoon_expectations_parse_into_their_fields() -> None:
         what="rainstorm signal",
         after=timedelta(hours=9),
         before=timedelta(hours=11),
+        rule="rainstorm_signal",
     )
     assert last.event == "cover_opened" and last.district == "1"
     assert (last.after, last.before) == (timedelta(hours=14), timedelta(hours=14, minutes=30))
@@ -812,6 +812,9 @@ def test_pollution_builds_day_over_day() -> None:
 
 
 def test_pollution_24h_mean_reaches_heavy_pollution_inside_its_window() -> None:
+    # The expectations are on the hourly AQI (checked through the rules in
+    # tests/integration/test_scenario_alerts.py); the slower 24 h mean must still climb
+    # through the same levels in order and reach heavy pollution before the episode ends.
     run = pollution()
     expected = run.expectations("air")
     assert set(expected) == set(PM25_24H_BY_LEVEL)
@@ -822,8 +825,8 @@ def test_pollution_24h_mean_reaches_heavy_pollution_inside_its_window() -> None:
             level: first_crossing(series, mean, bound, strict=True)
             for level, bound in PM25_24H_BY_LEVEL.items()
         }
-        for level, e in expected.items():
-            assert within(crossings[level], e), (device_id, level, crossings[level], e)
+        heavy = crossings["orange"]
+        assert heavy is not None and heavy <= expected["orange"].before, (device_id, crossings)  # type: ignore[operator]
         order = [crossings[level] for level in ("blue", "yellow", "orange")]
         assert None not in order and order == sorted(order), (device_id, crossings)  # type: ignore[type-var]
 
