@@ -21,6 +21,7 @@ from cityvitals import status as status_view
 from cityvitals.app import Platform, endpoints, recorded_endpoints
 from cityvitals.aqi_cli import aqi
 from cityvitals.db import MigrationError, schema_status, upgrade
+from cityvitals.rules_cli import rules_app
 from cityvitals.services import ServiceError
 from cityvitals.settings import Settings
 from cityvitals.simulate_cli import simulate_app
@@ -43,6 +44,7 @@ devices_app = typer.Typer(help="Device profiles and the device registry.", no_ar
 app.add_typer(db_app, name="db")
 app.add_typer(devices_app, name="devices")
 app.add_typer(simulate_app, name="simulate")
+app.add_typer(rules_app, name="rules")
 app.command("aqi")(aqi)
 app.command("vitals")(vitals)
 

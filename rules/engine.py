@@ -147,6 +147,9 @@ class AlertState:
     up_level: Level | None = None
     up_since: float | None = None
     down_since: float | None = None
+    """Below the current level since (for stepping down the ladder)."""
+    resolve_since: float | None = None
+    """The clear condition holding since (for resolving)."""
     last_event: float | None = None
     values: dict[str, Any] = field(default_factory=dict)
     parent: str | None = None
@@ -393,14 +396,20 @@ class Engine:
         health.last_error = f"{rule.source}: {rule.name}{where}: {exc}"
         health.last_error_at = from_epoch(t)
 
-    def _level_now(self, rule: Rule, ctx: _Context) -> Level | None:
+    @staticmethod
+    def _scheduled_out(rule: Rule, ctx: _Context) -> bool:
+        """True outside the rule's active hours (local time; windows may wrap midnight)."""
         active = rule.spec.active
-        if active is not None:
-            local = ctx.local_time().strftime("%H:%M")
-            start, end = active.between
-            inside = start <= local < end if start <= end else (local >= start or local < end)
-            if not inside:
-                return None
+        if active is None:
+            return False
+        local = ctx.local_time().strftime("%H:%M")
+        start, end = active.between
+        inside = start <= local < end if start <= end else (local >= start or local < end)
+        return not inside
+
+    def _level_now(self, rule: Rule, ctx: _Context) -> Level | None:
+        if self._scheduled_out(rule, ctx):
+            return None
         level: Level | None = None
         for rung in rule.rungs:
             if rung.when.evaluate(ctx):
@@ -431,6 +440,8 @@ class Engine:
         """Whether the alert may step down from its current level (hysteresis)."""
         if st is None or st.state is not ConditionState.FIRING:
             return True
+        if self._scheduled_out(rule, ctx):
+            return True  # the rule's hours are over: its alert ends, whatever the value
         if level is None and rule.clear is not None:
             return bool(rule.clear.evaluate(ctx))
         rung = next((r for r in rule.rungs if r.level == st.level), None)
@@ -479,7 +490,7 @@ class Engine:
             return
         # Firing.
         if level is not None and level > st.level:
-            st.down_since = None
+            st.down_since = st.resolve_since = None
             if st.up_level != level:
                 st.up_level, st.up_since = level, t
             assert st.up_since is not None
@@ -489,17 +500,28 @@ class Engine:
                 out.append(self._transition(rule, st, previous, t, state))
             return
         st.up_level = st.up_since = None
-        if level == st.level or not clear_ok:
+        if level == st.level:
+            st.down_since = st.resolve_since = None
+            return
+        # Resolving: the rule's clear condition (default: no rung holds) has held for
+        # clear_for, counted from when it began to hold.
+        if level is None and clear_ok:
+            if st.resolve_since is None:
+                st.resolve_since = t
+            if t - st.resolve_since >= clear_for:
+                out.append(self._resolve(rule, st, t, state))
+            return  # on its way out: no step down the ladder first
+        st.resolve_since = None
+        # Stepping down the ladder: below the current level for clear_for (and the rung's
+        # own clear, if it has one). In the hysteresis band the lowest rung holds.
+        target = level if level is not None else rule.rungs[0].level
+        if target >= st.level or (level is not None and not clear_ok):
             st.down_since = None
             return
         if st.down_since is None:
             st.down_since = t
-        if t - st.down_since < clear_for:
-            return
-        if level is None:
-            out.append(self._resolve(rule, st, t, state))
-        else:
-            previous, st.level, st.down_since = st.level, level, None
+        if t - st.down_since >= clear_for:
+            previous, st.level, st.down_since = st.level, target, None
             out.append(self._transition(rule, st, previous, t, state))
 
     def _resolve(

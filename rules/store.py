@@ -21,8 +21,16 @@ def load_devices(conn: Conn, profiles: Mapping[str, DeviceProfile]) -> list[Devi
     rows = conn.execute(
         "SELECT device_id, profile, district, name, attributes FROM devices"
     ).fetchall()
+    # Profile defaults fill what the registry leaves out (a provisional device has
+    # no attributes at all).
     return [
-        DeviceInfo(str(d), profiles[str(p)], str(s), str(n or ""), dict(a or {}))
+        DeviceInfo(
+            str(d),
+            profiles[str(p)],
+            str(s),
+            str(n or ""),
+            profiles[str(p)].device_attributes(dict(a or {}))[0],
+        )
         for d, p, s, n, a in rows
         if str(p) in profiles
     ]
