@@ -69,7 +69,7 @@ from rich.table import Table
 from bench.loadgen import LoadError, PublisherProcess, PublishPlan, PublishResult
 from cityvitals.db import MigrationError, upgrade
 from cityvitals.services import LocalMosquitto, LocalPostgres, ServiceError
-from devices.model import Reading
+from devices.model import DeviceEvent, Reading
 from devices.profile import ProfileSet, load_profiles
 from ingest.mqtt import BrokerAddress, make_client
 from ingest.service import IngestConfig, IngestService
@@ -466,7 +466,7 @@ class CommitRecorder:
     stamps: list[float] = field(default_factory=list)
     done: threading.Event = field(default_factory=threading.Event)
 
-    def __call__(self, readings: Sequence[Reading]) -> None:
+    def __call__(self, readings: Sequence[Reading], events: Sequence[DeviceEvent] = ()) -> None:
         now = time.time()
         if not self.readings:
             self.first_commit = now

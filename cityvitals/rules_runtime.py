@@ -55,7 +55,7 @@ class RuleRuntime:
         vitals_interval: float = 60.0,
         registry_refresh: float = 30.0,
         timezone: str = "Asia/Shanghai",
-        max_queued: int = 1000,
+        max_backlog: int = 200_000,
     ) -> None:
         self.engine = Engine(rules, timezone)
         self.profiles = profiles
@@ -69,7 +69,10 @@ class RuleRuntime:
         self.last_error: str | None = None
         self.on_transitions: list[Callable[[list[AlertTransition]], None]] = []
         """Called with every stored list of transitions (tests, the alerts services)."""
-        self._queue: queue.Queue[Batch | None] = queue.Queue(maxsize=max_queued)
+        self.max_backlog = max_backlog
+        self._backlog = 0
+        self._room = threading.Condition()
+        self._queue: queue.Queue[Batch | None] = queue.Queue()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._conn: psycopg.Connection[tuple[object, ...]] | None = None
@@ -81,7 +84,15 @@ class RuleRuntime:
     # -- the ingest's side ------------------------------------------------------------
 
     def submit(self, readings: Sequence[Reading], events: Sequence[DeviceEvent]) -> None:
-        """The ingest's sink: queue the committed batch (blocks only when far behind)."""
+        """The ingest's sink: queue the committed batch.
+
+        Blocks while more than `max_backlog` readings wait for evaluation, which holds
+        the ingest back and leaves the rest with the broker instead of in memory.
+        """
+        with self._room:
+            while self._backlog >= self.max_backlog and not self._stop.is_set():
+                self._room.wait(0.5)
+            self._backlog += len(readings) + len(events)
         self._queue.put((list(readings), list(events)))
 
     # -- lifecycle ----------------------------------------------------------------------
@@ -90,8 +101,15 @@ class RuleRuntime:
         self._thread = threading.Thread(target=self._run, name="rules", daemon=True)
         self._thread.start()
 
+    @property
+    def backlog(self) -> int:
+        """Readings and events handed over by the ingest and not yet evaluated."""
+        return self._backlog
+
     def stop(self, timeout: float = 30) -> None:
         self._stop.set()
+        with self._room:
+            self._room.notify_all()
         self._queue.put(None)
         if self._thread is not None:
             self._thread.join(timeout)
@@ -160,6 +178,9 @@ class RuleRuntime:
                     readings, events = item
                     out += self.engine.ingest(readings)
                     out += self.engine.events(events)
+                    with self._room:
+                        self._backlog -= len(readings) + len(events)
+                        self._room.notify_all()
                     if self.engine.clock is not None:
                         self._clock_wall = (self.engine.clock, time.monotonic())
                 now = time.monotonic()

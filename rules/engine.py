@@ -82,22 +82,37 @@ class DeviceState:
 class _Context:
     """The expression language's view of one device at one instant."""
 
-    __slots__ = ("event", "now", "state", "tz")
+    __slots__ = ("cache", "event", "now", "state", "tz")
 
     def __init__(
         self, state: DeviceState, now: float, tz: ZoneInfo, event: DeviceEvent | None = None
     ) -> None:
         self.state, self.now, self.tz, self.event = state, now, tz, event
+        self.cache: dict[tuple[str, str, float], float | None] = {}
 
     def value(self, metric: str) -> float | None:
         latest = self.state.latest.get(metric)
         return None if latest is None else latest[1]
 
     def window(self, metric: str, func: str, seconds: float) -> float | None:
+        key = (metric, func, seconds)
+        cache = self.cache
+        if key in cache:
+            return cache[key]
         history = self.state.history.get(metric, ())
-        lo = self.now - seconds
-        value = window_aggregate(func, [(t, v) for t, v in history if lo < t <= self.now])
-        return None if value is None else float(value)
+        lo, now = self.now - seconds, self.now
+        # Newest first, stopping at the window's start: a 1 h window of a 24 h history
+        # reads one hour of it.
+        points = []
+        for t, v in reversed(history):
+            if t <= lo:
+                break
+            if t <= now:
+                points.append((t, v))
+        points.reverse()
+        value = window_aggregate(func, points)
+        result = cache[key] = None if value is None else float(value)
+        return result
 
     def attribute(self, name: str) -> Any:
         attributes = self.state.info.attributes
@@ -219,6 +234,7 @@ class Engine:
         self.clock: float | None = None
         self._by_device: dict[str, list[Rule]] = {}
         self._by_kind: dict[str, list[Rule]] = {}
+        self._population: dict[tuple[str, str], int] = {}
         for rule in rules.rules:
             self._by_kind.setdefault(rule.spec.kind, []).append(rule)
 
@@ -252,6 +268,14 @@ class Engine:
                     state.history[metric] = old.history.get(metric, deque())
             self.devices[info.device_id] = state
             self._by_device[info.device_id] = rules
+        # Devices each rule applies to, per district and city-wide (for area rules).
+        population: dict[tuple[str, str], int] = {}
+        for device_id, rules in self._by_device.items():
+            district = self.devices[device_id].info.district
+            for rule in rules:
+                for key in ((rule.name, district), (rule.name, "*")):
+                    population[key] = population.get(key, 0) + 1
+        self._population = population
 
     # -- persistence ------------------------------------------------------------------
 
@@ -291,9 +315,10 @@ class Engine:
                 state.add(ts, r.metric, r.value)
             self.clock = ts if self.clock is None else max(self.clock, ts)
             metrics = {r.metric for r in group}
+            # One context per device instant: window results are shared by every rule.
+            ctx = _Context(state, ts, self.tz)
             derive = COMPUTE.get(state.info.profile.name)
             if derive is not None:
-                ctx = _Context(state, ts, self.tz)
                 for name, value in derive(
                     ctx, from_epoch(ts), state.info.attributes, metrics
                 ).items():
@@ -303,7 +328,7 @@ class Engine:
             for rule in self._by_device.get(device_id, ()):
                 kind = rule.spec.kind
                 if kind == "condition" and (not rule.metrics or rule.metrics & metrics):
-                    self._evaluate(rule, state, ts, out)
+                    self._evaluate(rule, state, ts, out, ctx)
                 elif kind == "no_data":
                     self._no_data_back(rule, state, ts, out)
             if len(out) > before:
@@ -417,9 +442,15 @@ class Engine:
         return level
 
     def _evaluate(
-        self, rule: Rule, state: DeviceState, t: float, out: list[AlertTransition]
+        self,
+        rule: Rule,
+        state: DeviceState,
+        t: float,
+        out: list[AlertTransition],
+        ctx: _Context | None = None,
     ) -> None:
-        ctx = _Context(state, t, self.tz)
+        if ctx is None:
+            ctx = _Context(state, t, self.tz)
         health = self.health[rule.name]
         health.evaluations += 1
         fp = f"{rule.name}:{state.info.device_id}"
@@ -624,12 +655,7 @@ class Engine:
                     if st is not None or spec.within is None
                     else [m for m in firing if now - m.since <= spec.within.total_seconds()]
                 )
-                population = sum(
-                    1
-                    for device_id, rs in self._by_device.items()
-                    if any(r.name == spec.member for r in rs)
-                    and (district == "*" or self.devices[device_id].info.district == district)
-                )
+                population = self._population.get((spec.member, district), 0)
                 holds = (
                     len(members) >= spec.count
                     if spec.count is not None
