@@ -11,9 +11,10 @@ unhealthy with its last error and a counter; the others keep running.
 
 from __future__ import annotations
 
+import bisect
 import re
-from collections import deque
-from collections.abc import Iterable, Mapping, Sequence
+from array import array
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -46,6 +47,58 @@ class DeviceInfo:
     attributes: Mapping[str, Any] = field(default_factory=dict)
 
 
+class Series:
+    """A metric's recent (time, value) points in time order, 16 bytes a point.
+
+    Two float arrays with a moving start: appending and dropping the oldest are
+    cheap, iteration yields (t, v) pairs oldest first, `reversed` newest first.
+    """
+
+    __slots__ = ("_start", "_ts", "_vs")
+
+    def __init__(self) -> None:
+        self._ts = array("d")
+        self._vs = array("d")
+        self._start = 0
+
+    def __len__(self) -> int:
+        return len(self._ts) - self._start
+
+    def __iter__(self) -> Iterator[tuple[float, float]]:
+        return zip(self._ts[self._start :], self._vs[self._start :], strict=True)
+
+    def __reversed__(self) -> Iterator[tuple[float, float]]:
+        ts, vs, start = self._ts, self._vs, self._start
+        for i in range(len(ts) - 1, start - 1, -1):
+            yield ts[i], vs[i]
+
+    @property
+    def last_time(self) -> float | None:
+        return self._ts[-1] if len(self) else None
+
+    def add(self, t: float, v: float) -> None:
+        if len(self) and t < self._ts[-1]:
+            # A late reading: insert it in time order.
+            i = bisect.bisect_right(self._ts, t, lo=self._start)
+            self._ts.insert(i, t)
+            self._vs.insert(i, v)
+        else:
+            self._ts.append(t)
+            self._vs.append(v)
+
+    def drop_until(self, horizon: float) -> None:
+        """Forget points at or before `horizon`."""
+        ts, n = self._ts, len(self._ts)
+        start = self._start
+        while start < n and ts[start] <= horizon:
+            start += 1
+        self._start = start
+        if start > 64 and start * 2 > n:
+            del self._ts[:start]
+            del self._vs[:start]
+            self._start = 0
+
+
 class DeviceState:
     """What the engine remembers of one device: latest values and just enough history."""
 
@@ -55,7 +108,7 @@ class DeviceState:
         self.info = info
         self.keep = keep
         self.latest: dict[str, tuple[float, float]] = {}
-        self.history: dict[str, deque[tuple[float, float]]] = {m: deque() for m in keep}
+        self.history: dict[str, Series] = {m: Series() for m in keep}
         self.last_seen: float | None = None
 
     def add(self, ts: float, metric: str, value: float) -> None:
@@ -67,16 +120,8 @@ class DeviceState:
         history = self.history.get(metric)
         if history is None:
             return
-        if history and ts < history[-1][0]:
-            # Late reading: keep the window in time order.
-            items = sorted([*history, (ts, value)])
-            history.clear()
-            history.extend(items)
-        else:
-            history.append((ts, value))
-        horizon = (self.latest[metric][0]) - self.keep[metric]
-        while history and history[0][0] <= horizon:
-            history.popleft()
+        history.add(ts, value)
+        history.drop_until(self.latest[metric][0] - self.keep[metric])
 
 
 class _Context:
@@ -265,7 +310,7 @@ class Engine:
             if old is not None:
                 state.latest, state.last_seen = old.latest, old.last_seen
                 for metric in keep:
-                    state.history[metric] = old.history.get(metric, deque())
+                    state.history[metric] = old.history.get(metric, Series())
             self.devices[info.device_id] = state
             self._by_device[info.device_id] = rules
         # Devices each rule applies to, per district and city-wide (for area rules).

@@ -276,3 +276,20 @@ def test_warm_refills_windows_without_transitions() -> None:
     e.warm([Reading(T0 + timedelta(minutes=i), "g1", "rain_mm", 10.0) for i in range(5)])
     assert e.alerts == {}
     assert states(feed(e, 6, "rain_mm", 1.0)) == [("firing", "orange")]
+
+
+def test_series_keeps_time_order_and_forgets_old_points() -> None:
+    from rules.engine import Series
+
+    s = Series()
+    for t in (1.0, 2.0, 4.0):
+        s.add(t, t * 10)
+    s.add(3.0, 30.0)  # late
+    assert list(s) == [(1.0, 10.0), (2.0, 20.0), (3.0, 30.0), (4.0, 40.0)]
+    assert list(reversed(s)) == [(4.0, 40.0), (3.0, 30.0), (2.0, 20.0), (1.0, 10.0)]
+    s.drop_until(2.0)
+    assert list(s) == [(3.0, 30.0), (4.0, 40.0)] and len(s) == 2
+    for t in range(5, 500):
+        s.add(float(t), 0.0)
+        s.drop_until(t - 10.0)
+    assert len(s) == 10 and next(iter(s))[0] == 490.0
