@@ -63,31 +63,44 @@ def play(
 
     Returns the simulated time reached and whether `stop` ended the run early.
     """
-    wall0 = time.monotonic()
+    monotonic = time.monotonic
+    stopped = stop.is_set
+    publish = publisher.publish
+    wall0 = monotonic()
     last_report, last_count = wall0, publisher.stats.published
     sim_t = start
     for msg in messages:
-        if stop.is_set():
+        if stopped():
+            publisher.flush()
             return sim_t, True
-        sim_t = max(sim_t, msg.t)
+        t = msg.t
+        if t > sim_t:
+            sim_t = t
         if speed is not None:
-            due = wall0 + (msg.t - start).total_seconds() / speed
-            while (ahead := due - time.monotonic()) > 0.002:
-                if stop.wait(min(ahead, 0.25)):
-                    return sim_t, True
-        publisher.publish(msg)
-        now = time.monotonic()
-        if on_progress is not None and now - last_report >= every:
-            count = publisher.stats.published
-            on_progress(
-                Progress(
-                    sim_t,
-                    start,
-                    end,
-                    count,
-                    now - wall0,
-                    (count - last_count) / (now - last_report),
+            due = wall0 + (t - start).total_seconds() / speed
+            if due - monotonic() > 0.002:
+                # Ahead of time: what is buffered goes out now, and PUBACKs are read
+                # (and the connections kept alive) while waiting.
+                publisher.flush()
+                while (ahead := due - monotonic()) > 0.002:
+                    if stop.wait(min(ahead, 0.25)):
+                        return sim_t, True
+                    publisher.flush()
+        publish(msg)
+        if on_progress is not None:
+            now = monotonic()
+            if now - last_report >= every:
+                count = publisher.stats.published
+                on_progress(
+                    Progress(
+                        sim_t,
+                        start,
+                        end,
+                        count,
+                        now - wall0,
+                        (count - last_count) / (now - last_report),
+                    )
                 )
-            )
-            last_report, last_count = now, count
+                last_report, last_count = now, count
+    publisher.flush()
     return sim_t, False

@@ -31,14 +31,7 @@ class District:
     radius_km: float = 5.0
 
 
-def _envelope(t: datetime, start: datetime, duration: timedelta) -> float:
-    """0 → 1 → 0 over the duration, smooth (a sine half-wave); 0 outside."""
-    if t < start or duration <= timedelta(0):
-        return 0.0
-    x = (t - start) / duration
-    if x >= 1:
-        return 0.0
-    return math.sin(math.pi * x)
+_NO_TIME = timedelta(0)
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,11 +51,19 @@ class StormCell:
         return a_lat + (b_lat - a_lat) * x, a_lon + (b_lon - a_lon) * x
 
     def intensity(self, lat: float, lon: float, t: datetime) -> float:
-        strength = _envelope(t, self.start, self.duration)
+        # Rain rises and falls as a sine half-wave over the cell's life; 0 outside it.
+        # The share of the life `x` is within [0, 1) below, where `centre` would not
+        # clamp it: computed once, as every gauge asks this at every sub-step.
+        if t < self.start or self.duration <= _NO_TIME:
+            return 0.0
+        x = (t - self.start) / self.duration
+        if x >= 1:
+            return 0.0
+        strength = math.sin(math.pi * x)
         if strength == 0.0:
             return 0.0
-        c_lat, c_lon = self.centre(t)
-        d = distance_km(lat, lon, c_lat, c_lon)
+        (a_lat, a_lon), (b_lat, b_lon) = self.path_from, self.path_to
+        d = distance_km(lat, lon, a_lat + (b_lat - a_lat) * x, a_lon + (b_lon - a_lon) * x)
         return self.peak_mm_h * strength * math.exp(-0.5 * (d / self.radius_km) ** 2)
 
 
@@ -150,6 +151,8 @@ class World:
 
     def rain_intensity(self, lat: float, lon: float, t: datetime) -> float:
         """Rain rate in mm/h at a point."""
+        if not self.storms:
+            return self.drizzle_mm_h + 0  # what the sum below gives, to the bit
         return self.drizzle_mm_h + sum(s.intensity(lat, lon, t) for s in self.storms)
 
     def pollution_factor(self, district: str, t: datetime) -> float:
@@ -157,7 +160,7 @@ class World:
         return max([1.0, *(e.factor(district, t) for e in self.episodes)])
 
     def power_on(self, district: str, t: datetime) -> bool:
-        return not any(c.covers(district, t) for c in self.power_cuts)
+        return not self.power_cuts or not any(c.covers(district, t) for c in self.power_cuts)
 
     def incidents_for(
         self, kind: str, device_id: str, district: str, t: datetime

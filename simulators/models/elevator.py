@@ -23,10 +23,11 @@ import random
 from collections import deque
 from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from enum import Enum
 from typing import TYPE_CHECKING, Any
 
+from simulators.construct import emission
 from simulators.model import DeviceModel, Emission, SimDevice
 from simulators.models import register
 
@@ -106,6 +107,24 @@ FIRE_MODES = frozenset({"fire_return", "firefighter"})
 LOCAL_POWER_OFF = 41
 ALARM_BUTTON = 90
 
+SNAPSHOT_METRICS = frozenset(
+    {
+        "state",
+        "floor",
+        "door",
+        "direction",
+        "speed_mps",
+        "in_door_zone",
+        "passengers_present",
+        "service_mode",
+        "power",
+        "load_pct",
+        "run_count",
+        "fault_code",
+    }
+)
+"""The metrics `Elevator.snapshot` knows, in a profile's own names."""
+
 # Timers fire in time order; at the same instant, in this order.
 TIMER_ORDER = (
     "phase",
@@ -119,11 +138,18 @@ TIMER_ORDER = (
     "fault",
     "heartbeat",
 )
-_TIMER_RANK = {name: i for i, name in enumerate(TIMER_ORDER)}
+# Timers are kept as {name: (time, rank in TIMER_ORDER)}: the smallest value fires first.
+_PHASE, _RELEASE, _RESCUE, _REPAIR, _TRAPPED, _ALARM, _DOOR_SHUT, _CALL, _FAULT, _HEARTBEAT = range(
+    len(TIMER_ORDER)
+)
+_NEVER = datetime.max.replace(tzinfo=UTC)
+"""When no timer is set."""
 
 
 def _after(t: datetime, seconds: float) -> datetime:
-    return t + timedelta(seconds=seconds)
+    # timedelta(0, seconds) is timedelta(seconds=seconds), without the keyword parsing
+    # that makes up most of its cost.
+    return t + timedelta(0, seconds)
 
 
 def _bump(hour: float, centre: float, width_h: float) -> float:
@@ -182,19 +208,33 @@ class Run:
 
     def at(self, t: datetime) -> tuple[float, float]:
         """Position and speed at `t`."""
-        tau = min(max((t - self.start).total_seconds(), 0.0), self.duration_s)
+        # min() and max() spelt out (with their results for ties), as this runs for
+        # every report of a moving car.
+        duration = self.duration_s
+        tau = (t - self.start).total_seconds()
+        if tau < 0.0:
+            tau = 0.0
+        if duration < tau:
+            tau = duration
         d = abs(self.to_m - self.from_m)
         a = self.accel
-        peak = min(self.vmax, math.sqrt(d * a))
+        peak = math.sqrt(d * a)
+        if not peak < self.vmax:
+            peak = self.vmax
         ramp = peak / a
         if tau < ramp:
             s, v = 0.5 * a * tau * tau, a * tau
-        elif tau <= self.duration_s - ramp:
+        elif tau <= duration - ramp:
             s, v = 0.5 * peak * ramp + peak * (tau - ramp), peak
         else:
-            left = self.duration_s - tau
+            left = duration - tau
             s, v = d - 0.5 * a * left * left, a * left
-        return self.from_m + self.sign * min(max(s, 0.0), d), max(v, 0.0)
+        if s < 0.0:
+            s = 0.0
+        if d < s:
+            s = d
+        sign = 1 if self.to_m >= self.from_m else -1
+        return self.from_m + sign * s, 0.0 if v < 0.0 else v
 
 
 @dataclass(slots=True)
@@ -256,6 +296,11 @@ class Elevator(DeviceModel):
         )
         self._tick = timedelta(seconds=self.param("tick_s", 5.0))
         self._metrics = frozenset(device.profile.metrics)
+        # Profiles with every metric of the snapshot (the shipped ones) take `_report`'s
+        # fast path, which builds the change key and the body without the filtering.
+        self._all_metrics = self._metrics >= SNAPSHOT_METRICS
+        self._heartbeat = device.profile.reporting_interval
+        self._loads: dict[int, float] = {}  # load_pct by passengers aboard
 
         # The car.
         self.phase = Phase.PARKED
@@ -277,7 +322,8 @@ class Elevator(DeviceModel):
         self._mode_incident: Incident | None = None
         self._local_power_off: Incident | None = None
         self._active: set[Incident] = set()
-        self._timers: dict[str, datetime] = {}
+        self._timers: dict[str, tuple[datetime, int]] = {}
+        self._next_due = _NEVER
         self._started = False
         self._last_key: tuple[Any, ...] | None = None
         self._out: list[Emission] = []
@@ -290,7 +336,12 @@ class Elevator(DeviceModel):
     # --- derived state --------------------------------------------------------
 
     def _index_at(self, position_m: float) -> int:
-        return min(max(round(position_m / self.floor_height_m), 0), self.floors - 1)
+        # min(max(round(…), 0), floors - 1), without three builtin calls.
+        index: int = round(position_m / self.floor_height_m)
+        if index < 0:
+            return 0
+        top = self.floors - 1
+        return top if index > top else index
 
     def _in_zone_at(self, position_m: float) -> bool:
         return abs(position_m - self._index_at(position_m) * self.floor_height_m) <= DOOR_ZONE_M
@@ -354,15 +405,32 @@ class Elevator(DeviceModel):
     # --- the step -------------------------------------------------------------
 
     def step(self, t: datetime, world: World) -> list[Emission]:
-        self._out = []
+        # Timers are set only inside step; `_next_due` is the earliest after each part of it.
+        out: list[Emission] = []
+        self._out = out
         self._world = world
         if not self._started:
             self._start(t)
-        self._advance(t)
-        self._look_outside(t, world)
-        self._advance(t)
-        out, self._out = self._out, []
+            self._next_due = self._earliest()
+        if self._next_due <= t:
+            self._advance(t)
+        if (
+            world.incidents
+            or world.power_cuts
+            or self._active
+            or not self.power_on
+            or self._local_power_off is not None
+        ):
+            # Otherwise there is nothing outside to see: no incidents, power on as before.
+            self._look_outside(t, world)
+            self._next_due = self._earliest()
+            if self._next_due <= t:
+                self._advance(t)
+        self._out = []
         return out
+
+    def _earliest(self) -> datetime:
+        return min(self._timers.values())[0] if self._timers else _NEVER
 
     def _start(self, t: datetime) -> None:
         self._started = True
@@ -371,23 +439,34 @@ class Elevator(DeviceModel):
         self.run_count = self.rng.randrange(10_000, 2_000_000)
         self._schedule_call(t)
         if self.faults_per_s > 0:
-            self._timers["fault"] = _after(t, self.rng.expovariate(self.faults_per_s))
+            self._timers["fault"] = (_after(t, self.rng.expovariate(self.faults_per_s)), _FAULT)
         self._report(t, force=True)
 
     def _advance(self, until: datetime) -> None:
-        while self._timers and min(self._timers.values()) <= until:
-            due = [
-                (at, _TIMER_RANK[name], name) for name, at in self._timers.items() if at <= until
-            ]
-            at, _, name = min(due)
-            del self._timers[name]
-            self._fire(name, at)
+        timers = self._timers
+        while timers:
+            # The earliest timer; of several at the same instant, the first in TIMER_ORDER.
+            at, rank = min(timers.values())
+            if at > until:
+                self._next_due = at
+                return
+            name = TIMER_ORDER[rank]
+            del timers[name]
+            if rank == _PHASE:
+                self._phase_done(at)
+            else:
+                self._fire(name, at)
             self._report(at)
+        self._next_due = _NEVER
 
     def _fire(self, name: str, t: datetime) -> None:
         match name:
             case "phase":
                 self._phase_done(t)
+            case "call":
+                self._call(t)
+            case "heartbeat":
+                self._report(t, force=True)
             case "release":
                 self._release(t)
             case "rescue":
@@ -407,31 +486,24 @@ class Elevator(DeviceModel):
                     and not (self.fault is not None and self.fault.kind is FaultKind.DOOR_CLOSE)
                 ):
                     self.door = CLOSED
-            case "call":
-                self._call(t)
             case "fault":
                 self._random_fault(t)
-            case "heartbeat":
-                self._report(t, force=True)
             case _:
                 raise AssertionError(f"unknown timer {name}")
 
     # --- the outside world ----------------------------------------------------
 
     def _look_outside(self, t: datetime, world: World) -> None:
-        active = (
-            []
-            if not (world.incidents or self._active)
-            else world.incidents_for(
+        if world.incidents or self._active:
+            active = world.incidents_for(
                 "elevator_fault", self.device.device_id, self.device.district, t
             )
-        )
-        for incident in active:
-            if incident not in self._active:
-                self._incident_starts(t, incident)
-        for incident in self._active - set(active):
-            self._incident_ends(t, incident)
-        self._active = set(active)
+            for incident in active:
+                if incident not in self._active:
+                    self._incident_starts(t, incident)
+            for incident in self._active - set(active):
+                self._incident_ends(t, incident)
+            self._active = set(active)
 
         on = world.power_on(self.device.district, t) and self._local_power_off is None
         if on != self.power_on:
@@ -488,7 +560,10 @@ class Elevator(DeviceModel):
     def _schedule_call(self, t: datetime) -> None:
         if self.trips_per_s > 0 and self.floors > 1:
             # Thinning: candidates at the peak rate, each kept with busyness/peak.
-            self._timers["call"] = _after(t, self.rng.expovariate(self.trips_per_s * PEAK_BUSYNESS))
+            self._timers["call"] = (
+                _after(t, self.rng.expovariate(self.trips_per_s * PEAK_BUSYNESS)),
+                _CALL,
+            )
 
     def _call(self, t: datetime) -> None:
         self._schedule_call(t)
@@ -530,7 +605,7 @@ class Elevator(DeviceModel):
         if t is None:
             self._timers.pop("phase", None)
         else:
-            self._timers["phase"] = _after(t, seconds)
+            self._timers["phase"] = (_after(t, seconds), _PHASE)
 
     def _phase_done(self, t: datetime) -> None:
         match self.phase:
@@ -705,7 +780,7 @@ class Elevator(DeviceModel):
     # --- faults -------------------------------------------------------------
 
     def _random_fault(self, t: datetime) -> None:
-        self._timers["fault"] = _after(t, self.rng.expovariate(self.faults_per_s))
+        self._timers["fault"] = (_after(t, self.rng.expovariate(self.faults_per_s)), _FAULT)
         if self.fault is not None:
             return
         codes = list(RANDOM_FAULT_WEIGHTS)
@@ -736,7 +811,7 @@ class Elevator(DeviceModel):
         self.plan.clear()
         self.evacuate = self.passengers > 0
         if fault.incident is None:
-            self._timers["repair"] = _after(t, fault.repair_s)
+            self._timers["repair"] = (_after(t, fault.repair_s), _REPAIR)
         name = self.device.profile.event_by_code.get(fault.code)
         if name is not None and fault.code != 11:
             self._event(t, name)
@@ -819,15 +894,21 @@ class Elevator(DeviceModel):
         if self.phase is not Phase.HALTED or self.passengers == 0:
             return
         if self._confined():
-            self._timers["trapped"] = _after(t, self.trapped_after_s)
-            self._timers["alarm"] = _after(t, self.rng.uniform(10.0, 60.0))
-            self._timers["rescue"] = _after(t, self.rescue_s * self.rng.uniform(0.6, 1.4))
+            self._timers["trapped"] = (_after(t, self.trapped_after_s), _TRAPPED)
+            self._timers["alarm"] = (_after(t, self.rng.uniform(10.0, 60.0)), _ALARM)
+            self._timers["rescue"] = (
+                _after(t, self.rescue_s * self.rng.uniform(0.6, 1.4)),
+                _RESCUE,
+            )
         elif self.in_door_zone:
             # At a landing the car door can be opened by hand: they let themselves out.
-            self._timers["release"] = _after(t, self.rng.uniform(5.0, 20.0))
+            self._timers["release"] = (_after(t, self.rng.uniform(5.0, 20.0)), _RELEASE)
         else:
             # Doors open but the car is off the landing: too dangerous to climb out.
-            self._timers["rescue"] = _after(t, self.rescue_s * self.rng.uniform(0.6, 1.4))
+            self._timers["rescue"] = (
+                _after(t, self.rescue_s * self.rng.uniform(0.6, 1.4)),
+                _RESCUE,
+            )
 
     def _release(self, t: datetime) -> None:
         if self.phase is not Phase.HALTED:
@@ -838,7 +919,7 @@ class Elevator(DeviceModel):
         self._timers.pop("trapped", None)
         self._timers.pop("alarm", None)
         self._timers.pop("rescue", None)
-        self._timers["door_shut"] = _after(t, 30.0)
+        self._timers["door_shut"] = (_after(t, 30.0), _DOOR_SHUT)
 
     def _rescue(self, t: datetime) -> None:
         """The rescue team winds the car to the nearest landing by hand and opens the doors."""
@@ -894,14 +975,96 @@ class Elevator(DeviceModel):
         self._out.append(Emission(t, "event", {"type": name, "code": spec.code, "detail": detail}))
 
     def _report(self, t: datetime, force: bool = False) -> None:
-        body = self.snapshot(t)
-        key = tuple(
-            v
-            for k, v in body.items()
-            if k != "speed_mps"
-            and not (self.phase is Phase.RUNNING and k in ("floor", "in_door_zone"))
+        """Telemetry when anything but the speed changed (or `force`); the heartbeat restarts.
+
+        While the car runs, passing landings and door zones are not changes either.
+        """
+        if not self._all_metrics:
+            body = self.snapshot(t)
+            key: tuple[Any, ...] = tuple(
+                v
+                for k, v in body.items()
+                if k != "speed_mps"
+                and not (self.phase is Phase.RUNNING and k in ("floor", "in_door_zone"))
+            )
+            if force or key != self._last_key:
+                self._last_key = key
+                self._out.append(Emission(t, "telemetry", body))
+                self._timers["heartbeat"] = (t + self._heartbeat, _HEARTBEAT)
+            return
+        # The same as above for a profile with every snapshot metric, called on every
+        # timer of every car: the key is built from the state without the body's dict.
+        position, speed, direction = self.position_m, 0.0, "stopped"
+        running = self.phase is Phase.RUNNING
+        if running and self.run is not None:
+            position, speed = self.run.at(t)
+            direction = "up" if self.run.sign > 0 else "down"
+        fault = self.fault
+        if fault is not None and fault.triggered:
+            state, fault_code = "fault", fault.code
+        else:
+            fault_code = 0
+            state = "running" if running else "idle" if self.phase is Phase.PARKED else "stopped"
+        power = "mains" if self.power_on else "battery"
+        passengers = self.passengers
+        load = self._loads.get(passengers)
+        if load is None:  # round(x, 1) is slow, and there are only so many passengers
+            load = self._loads[passengers] = round(
+                min(passengers * KG_PER_PASSENGER / self.rated_load_kg * 100, 150), 1
+            )
+        if running:
+            key = (
+                state,
+                self.door,
+                direction,
+                passengers > 0,
+                self.mode,
+                power,
+                load,
+                self.run_count,
+                fault_code,
+            )
+            if not force and key == self._last_key:
+                return
+            index = self._index_at(position)
+            in_zone = abs(position - index * self.floor_height_m) <= DOOR_ZONE_M
+        else:
+            index = self._index_at(position)
+            in_zone = abs(position - index * self.floor_height_m) <= DOOR_ZONE_M
+            key = (
+                state,
+                index,
+                self.door,
+                direction,
+                in_zone,
+                passengers > 0,
+                self.mode,
+                power,
+                load,
+                self.run_count,
+                fault_code,
+            )
+            if not force and key == self._last_key:
+                return
+        self._last_key = key
+        self._out.append(
+            emission(
+                t,
+                "telemetry",
+                {
+                    "state": state,
+                    "floor": self.lowest_floor + index,
+                    "door": self.door,
+                    "direction": direction,
+                    "speed_mps": speed if speed == 0.0 else round(speed, 2),
+                    "in_door_zone": in_zone,
+                    "passengers_present": passengers > 0,
+                    "service_mode": self.mode,
+                    "power": power,
+                    "load_pct": load,
+                    "run_count": self.run_count,
+                    "fault_code": fault_code,
+                },
+            )
         )
-        if force or key != self._last_key:
-            self._last_key = key
-            self._out.append(Emission(t, "telemetry", body))
-            self._timers["heartbeat"] = t + self.device.profile.reporting_interval
+        self._timers["heartbeat"] = (t + self._heartbeat, _HEARTBEAT)

@@ -119,6 +119,9 @@ _AIR_SHAPE = {
 
 _REFERENCE_AMPLITUDE = 0.3
 
+_AIR_NORMS: dict[float, dict[str, float]] = {}
+"""Daily means of the cycles by their scale, the same for every station of that scale."""
+
 
 def _traffic(hour: float) -> float:
     return _bump(hour, 8.0, 1.3) + 0.9 * _bump(hour, 18.5, 1.7)
@@ -161,10 +164,15 @@ class AirStation(DeviceModel):
         scale = self.param("diurnal_amplitude", _REFERENCE_AMPLITUDE) / _REFERENCE_AMPLITUDE
         self._scale = scale
         # Normalise each cycle so its daily mean is 1 and base_* stay the daily means.
-        grid = [i / 4 for i in range(96)]
-        self._norm = {
-            name: sum(self._raw_shape(name, h) for h in grid) / len(grid) for name in _AIR_DEFAULTS
-        }
+        norm = _AIR_NORMS.get(scale)
+        if norm is None:
+            grid = [i / 4 for i in range(96)]
+            norm = {
+                name: sum(self._raw_shape(name, h) for h in grid) / len(grid)
+                for name in _AIR_DEFAULTS
+            }
+            _AIR_NORMS[scale] = norm
+        self._norm = norm
         sigma = self.param("noise_pct", 10.0) / 100.0
         hour_s = 3600.0
         self._traffic_wander = _Wander(rng, sigma, 1.0 * hour_s)
