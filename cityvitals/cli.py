@@ -32,6 +32,7 @@ from devices.registry import read_registry_csv
 from devices.registry_store import list_devices, upsert_devices
 from ingest.mqtt import redact
 from simulators.fleet import SimulatorError
+from simulators.publish import PublishError
 from simulators.scenario import ScenarioError
 
 app = typer.Typer(
@@ -277,7 +278,11 @@ def devices_list(
 
 def main() -> None:
     os.environ.setdefault("PYTHONUNBUFFERED", "1")
-    app(prog_name="cityvitals")
+    try:
+        app(prog_name="cityvitals")
+    except PublishError as exc:  # the broker refused or dropped the simulator for good
+        err.print(f"[red]error:[/red] {escape(str(exc))}")
+        raise SystemExit(1) from None
 
 
 if __name__ == "__main__":
