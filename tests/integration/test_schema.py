@@ -23,6 +23,9 @@ CORE_TABLES = {
     "rule_state",
     "rule_health",
     "vital_signs",
+    "users",
+    "api_tokens",
+    "silences",
 }
 
 
