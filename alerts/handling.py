@@ -5,7 +5,9 @@ Every action runs in one transaction: the alert row is locked
 authorization decision cannot race a re-dispatch), `alerts.lifecycle.decide`
 says what changes, and the row and an `alert_events` row (dimension
 `handling`, the actor, from and to state, the note) are written together.
-A no-op (ack of an acknowledged alert) writes nothing.
+A no-op (ack of an acknowledged alert) writes nothing. Give these functions
+an autocommit connection: inside a transaction the caller opened, the
+action's transaction is a savepoint and commits only with the caller's.
 
 Queries take only bound parameters; the SQL text is assembled from constant
 fragments chosen by the filter's fields, never from their values.
