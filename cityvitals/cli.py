@@ -18,6 +18,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from cityvitals import status as status_view
+from cityvitals.alerts_cli import alerts_app, api, silences_app, tokens_app, users_app
 from cityvitals.app import Platform, endpoints, recorded_endpoints
 from cityvitals.aqi_cli import aqi
 from cityvitals.db import MigrationError, schema_status, upgrade
@@ -48,6 +49,11 @@ app.add_typer(simulate_app, name="simulate")
 app.add_typer(rules_app, name="rules")
 app.command("aqi")(aqi)
 app.command("vitals")(vitals)
+app.add_typer(alerts_app, name="alerts")
+app.add_typer(silences_app, name="silences")
+app.add_typer(users_app, name="users")
+app.add_typer(tokens_app, name="tokens")
+app.command("api")(api)
 
 console = Console()
 err = Console(stderr=True)
