@@ -89,6 +89,11 @@ class Settings(BaseSettings):
     """Base URL of the API as people reach it, for links in messages.
     Unset: http://api_host:api_port."""
 
+    @field_validator("link_secret", "public_url", mode="before")
+    @classmethod
+    def _empty_is_unset(cls, value: Any) -> Any:
+        return None if isinstance(value, str) and not value.strip() else value
+
     @property
     def api_url(self) -> str:
         """Where people reach the API: public_url, else the address it listens on."""
