@@ -317,6 +317,7 @@ class _Context:
     clock: Clock
     link_secret: bytes | None
     version: str
+    db_timeout: float
 
 
 def _ctx(request: Request) -> _Context:
@@ -330,7 +331,7 @@ Ctx = Annotated[_Context, Depends(_ctx)]
 @contextmanager
 def _connection(ctx: _Context) -> Iterator[psycopg.Connection[tuple[Any, ...]]]:
     try:
-        with ctx.pool.connection(timeout=10) as conn:
+        with ctx.pool.connection(timeout=ctx.db_timeout) as conn:
             yield conn
     except PoolTimeout:
         raise ApiError(503, "unavailable", "the database is busy or down; retry soon") from None
@@ -427,6 +428,16 @@ def _install_error_handlers(app: FastAPI) -> None:
 
         return handler
 
+    async def database_down(request: Request, exc: Exception) -> Response:
+        log.warning("database error on %s: %s", request.url.path, exc)
+        return _error(503, "unavailable", "the database is unreachable or failing; retry soon")
+
+    async def unexpected(request: Request, exc: Exception) -> Response:
+        log.error("unexpected error on %s", request.url.path, exc_info=exc)
+        return _error(500, "internal", "unexpected error; it is logged with the time")
+
+    app.add_exception_handler(psycopg.OperationalError, database_down)
+    app.add_exception_handler(Exception, unexpected)
     app.add_exception_handler(ApiError, api_error)
     app.add_exception_handler(RequestValidationError, invalid)
     app.add_exception_handler(StarletteHTTPException, http_error)
@@ -445,10 +456,12 @@ def create_app(
     link_secret: bytes | None = None,
     version: str = "0",
     pool_size: int = 8,
+    db_timeout: float = 10.0,
 ) -> FastAPI:
     """The API over the database at `database_url`. `clock` gives the current time
     (the shell passes the wall clock; tests a fixed one). Without `link_secret`,
-    ack links answer 503."""
+    ack links answer 503. A request waits at most `db_timeout` seconds for a
+    database connection, then answers 503."""
     pool: ConnectionPool[psycopg.Connection[tuple[Any, ...]]] = ConnectionPool(
         database_url,
         min_size=1,
@@ -484,7 +497,7 @@ def create_app(
             {"name": "ack links", "description": "Signed links in notifications."},
         ],
     )
-    app.state.cityvitals = _Context(pool, clock, link_secret, version)
+    app.state.cityvitals = _Context(pool, clock, link_secret, version, db_timeout)
     app.add_middleware(_BodyLimit, limit=MAX_BODY)
     _install_error_handlers(app)
     _routes(app)
@@ -763,7 +776,7 @@ def _routes(app: FastAPI) -> None:
     )
     def health(ctx: Ctx) -> Response:
         try:
-            with ctx.pool.connection(timeout=3) as conn:
+            with ctx.pool.connection(timeout=min(3.0, ctx.db_timeout)) as conn:
                 schema = conn.execute("SELECT max(version) FROM schema_migrations").fetchone()
                 rules = conn.execute(
                     "SELECT count(*), count(*) FILTER (WHERE errors > 0) FROM rule_health"

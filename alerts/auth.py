@@ -305,7 +305,8 @@ def revoke_token(conn: psycopg.Connection[Any], prefix: str, now: datetime) -> T
 
 def authenticate(conn: psycopg.Connection[Any], text: str, now: datetime) -> Principal | None:
     """The principal a bearer token stands for, or None (malformed, unknown, revoked,
-    expired, wrong secret or disabled user). Records when the token was last used."""
+    expired, wrong secret or disabled user). Records when the token was last used
+    (to the minute)."""
     parsed = parse_token(text)
     if parsed is None:
         return None
@@ -328,5 +329,11 @@ def authenticate(conn: psycopg.Connection[Any], text: str, now: datetime) -> Pri
     ):
         return None
     with conn.transaction():
-        conn.execute("UPDATE api_tokens SET last_used_at = %s WHERE id = %s", (now, token_id))
+        # At most one write a minute per token: a busy client must not make every read a write.
+        conn.execute(
+            "UPDATE api_tokens SET last_used_at = %(now)s WHERE id = %(id)s "
+            "AND (last_used_at IS NULL OR last_used_at < %(now)s - interval '1 minute' "
+            "OR last_used_at > %(now)s)",
+            {"now": now, "id": token_id},
+        )
     return Principal(name, Role(role), team)

@@ -21,6 +21,7 @@ import uvicorn
 from fastapi import FastAPI
 
 from alerts.api import create_app
+from alerts.links import ActionLink, sign
 from cityvitals.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -57,6 +58,11 @@ def link_secret(settings: Settings) -> bytes:
             path,
         )
     return stored.encode("utf-8")
+
+
+def ack_url(settings: Settings, link: ActionLink) -> str:
+    """The address to put in a message: `{public_url}/ack/{signed token}`."""
+    return f"{settings.api_url}/ack/{sign(link, link_secret(settings))}"
 
 
 def _version() -> str:

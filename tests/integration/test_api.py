@@ -462,3 +462,19 @@ def test_expired_or_tampered_ack_links_change_nothing(api: Api) -> None:
         page = c.post(f"/ack/{token}")
         assert page.status_code == 403 and "expired" in page.text
     assert api.snapshot() == before
+
+
+def test_database_down_is_a_clean_503() -> None:
+    app = create_app(
+        "postgresql://nobody@127.0.0.1:9/none", clock=Clock(T0), link_secret=SECRET, db_timeout=1
+    )
+    server = ApiServer(app, "127.0.0.1", 0)
+    server.start()
+    try:
+        with httpx.Client(base_url=server.url, timeout=10) as c:
+            r = c.get("/health")
+            assert r.status_code == 503 and r.json()["database"] == "unreachable"
+            r = c.get("/alerts", headers={"Authorization": "Bearer cv_0123456789ab_" + "x" * 43})
+            assert "retry" in error(r, 503, "unavailable")
+    finally:
+        server.stop()

@@ -11,7 +11,8 @@ import psycopg
 import pytest
 
 from alerts.auth import add_user, create_token
-from cityvitals.api_server import LINK_SECRET_FILE, link_secret
+from alerts.links import ActionLink, verify
+from cityvitals.api_server import LINK_SECRET_FILE, ack_url, link_secret
 from cityvitals.app import Endpoints, Platform
 from cityvitals.services import LocalMosquitto
 from cityvitals.settings import Settings
@@ -59,3 +60,14 @@ def test_link_secret_from_settings_or_made_once(tmp_path: Path) -> None:
     assert link_secret(Settings(data_dir=tmp_path)) == made  # kept, not remade
     with pytest.raises(ValueError, match="at least 16"):
         Settings(data_dir=tmp_path, link_secret="short")
+
+
+def test_ack_url_is_signed_with_the_deployment_secret(tmp_path: Path) -> None:
+    settings = Settings(
+        data_dir=tmp_path, link_secret="k" * 24, public_url="https://ops.example.cn/cv/"
+    )
+    link = ActionLink(42, "ack", datetime(2026, 7, 1, 12, tzinfo=UTC), "flood-duty")
+    url = ack_url(settings, link)
+    prefix = "https://ops.example.cn/cv/ack/"
+    assert url.startswith(prefix)
+    assert verify(url.removeprefix(prefix), b"k" * 24, datetime(2026, 7, 1, 8, tzinfo=UTC)) == link

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import threading
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -263,3 +265,50 @@ def test_handling_metric_views(database: str) -> None:
     by_domain = {r[0]: r[1:3] for r in rows(database, "SELECT * FROM alert_handling_by_domain")}
     assert by_domain == {"drainage": (3, 2), "flood": (1, 1)}
     assert flood
+
+
+def test_concurrent_acks_make_one_audit_row(database: str) -> None:
+    with psycopg.connect(database, autocommit=True) as conn:
+        alert = open_alert(conn, "fp1")
+    barrier = threading.Barrier(8)
+
+    def ack(i: int) -> bool:
+        with psycopg.connect(database, autocommit=True) as conn:
+            barrier.wait(10)
+            return act(conn, alert, Action.ACK, f"user{i}", T0 + timedelta(seconds=i)).changed
+
+    with ThreadPoolExecutor(8) as pool:
+        changed = list(pool.map(ack, range(8)))
+    assert changed.count(True) == 1
+    assert scalar(database, "SELECT count(*) FROM alert_events WHERE dimension = 'handling'") == 1
+
+
+def test_close_racing_a_new_firing_opens_a_new_alert(database: str) -> None:
+    """Both lock the open alert; whichever comes second sees the other's result."""
+    with psycopg.connect(database, autocommit=True) as conn:
+        alert = open_alert(conn, "fp1")
+        with psycopg.connect(database) as holder:  # holds the row lock, as a close in flight
+            holder.execute("SELECT 1 FROM alerts WHERE id = %s FOR UPDATE", (alert,))
+            holder.execute(
+                "UPDATE alerts SET handling = 'closed', closed_at = %s WHERE id = %s",
+                (T0, alert),
+            )
+            done = threading.Event()
+
+            def fire() -> None:
+                with psycopg.connect(database, autocommit=True) as other:
+                    record_transitions(
+                        other, [transition("fp1", level=Level.RED, at=T0 + timedelta(minutes=1))]
+                    )
+                done.set()
+
+            thread = threading.Thread(target=fire)
+            thread.start()
+            assert not done.wait(0.5)  # waits for the lock
+            holder.commit()
+        thread.join(10)
+        assert done.is_set()
+    assert rows(database, "SELECT id, handling, level FROM alerts ORDER BY id") == [
+        (alert, "closed", 2),
+        (alert + 1, "new", 4),
+    ]
