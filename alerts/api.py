@@ -137,6 +137,12 @@ _ACTION_ERRORS: dict[int | str, dict[str, Any]] = {
     **_ALERT_ERRORS,
     409: {"model": ErrorOut, "description": "Not allowed from the alert's handling state."},
 }
+_LINK_ERRORS: dict[int | str, dict[str, Any]] = {
+    403: {"model": ErrorOut, "description": "The link expired, or was altered or not ours."},
+    404: {"model": ErrorOut, "description": "The link's alert does not exist."},
+    409: {"model": ErrorOut, "description": "The alert is closed."},
+    503: {"model": ErrorOut, "description": "Ack links are off (no link secret)."},
+}
 
 
 # --- response and request models ------------------------------------------------------
@@ -720,7 +726,11 @@ def _routes(app: FastAPI) -> None:
         "/silences/{silence_id}",
         tags=["silences"],
         response_model=SilenceOut,
-        responses={**_ERRORS, 404: {"model": ErrorOut, "description": "No such silence."}},
+        responses={
+            **_ERRORS,
+            404: {"model": ErrorOut, "description": "No such silence."},
+            409: {"model": ErrorOut, "description": "The silence already ended."},
+        },
         summary="Expire a silence now (operators)",
     )
     def silences_expire(
@@ -799,6 +809,7 @@ def _routes(app: FastAPI) -> None:
         tags=["ack links"],
         summary="Show an ack link's alert (changes nothing)",
         response_class=HTMLResponse,
+        responses=_LINK_ERRORS,
     )
     def ack_link_show(
         ctx: Ctx, request: Request, token: Annotated[str, Path(max_length=512)]
@@ -807,7 +818,13 @@ def _routes(app: FastAPI) -> None:
         `Accept: application/json`."""
         return _ack_link(ctx, request, token, act_now=False)
 
-    @app.post("/ack/{token}", tags=["ack links"], summary="Acknowledge through an ack link")
+    @app.post(
+        "/ack/{token}",
+        tags=["ack links"],
+        summary="Acknowledge through an ack link",
+        response_class=HTMLResponse,
+        responses=_LINK_ERRORS,
+    )
     def ack_link_use(
         ctx: Ctx, request: Request, token: Annotated[str, Path(max_length=512)]
     ) -> Response:

@@ -478,3 +478,15 @@ def test_database_down_is_a_clean_503() -> None:
             assert "retry" in error(r, 503, "unavailable")
     finally:
         server.stop()
+
+
+def test_ack_links_off_without_a_secret(database: str) -> None:
+    server = ApiServer(create_app(database, clock=Clock(T0), link_secret=None), "127.0.0.1", 0)
+    server.start()
+    try:
+        with httpx.Client(base_url=server.url, timeout=10) as c:
+            token = sign(ActionLink(1, "ack", T0 + timedelta(hours=1), "x"), SECRET)
+            r = c.post(f"/ack/{token}", headers={"Accept": "application/json"})
+            assert "CITYVITALS_LINK_SECRET" in error(r, 503, "links_disabled")
+    finally:
+        server.stop()
