@@ -60,9 +60,18 @@ def link_secret(settings: Settings) -> bytes:
     return stored.encode("utf-8")
 
 
-def ack_url(settings: Settings, link: ActionLink) -> str:
-    """The address to put in a message: `{public_url}/ack/{signed token}`."""
-    return f"{settings.api_url}/ack/{sign(link, link_secret(settings))}"
+def ack_link_base(settings: Settings) -> str | None:
+    """Where ack links point: CITYVITALS_PUBLIC_URL, else the API this platform serves
+    (CITYVITALS_API_ENABLED), else None — then messages carry no ack links."""
+    if settings.public_url is not None or settings.api_enabled:
+        return settings.api_url
+    return None
+
+
+def ack_url(settings: Settings, link: ActionLink) -> str | None:
+    """The address to put in a message: `{base}/ack/{signed token}`, or None (no API)."""
+    base = ack_link_base(settings)
+    return None if base is None else f"{base}/ack/{sign(link, link_secret(settings))}"
 
 
 def _version() -> str:

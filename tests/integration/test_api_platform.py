@@ -69,5 +69,9 @@ def test_ack_url_is_signed_with_the_deployment_secret(tmp_path: Path) -> None:
     link = ActionLink(42, "ack", datetime(2026, 7, 1, 12, tzinfo=UTC), "flood-duty")
     url = ack_url(settings, link)
     prefix = "https://ops.example.cn/cv/ack/"
-    assert url.startswith(prefix)
+    assert url is not None and url.startswith(prefix)
     assert verify(url.removeprefix(prefix), b"k" * 24, datetime(2026, 7, 1, 8, tzinfo=UTC)) == link
+    # without a public URL, links point at the API this platform serves, if it serves one
+    assert ack_url(Settings(data_dir=tmp_path, link_secret="k" * 24), link) is None
+    served = Settings(data_dir=tmp_path, link_secret="k" * 24, api_enabled=True, api_port=9000)
+    assert (ack_url(served, link) or "").startswith("http://127.0.0.1:9000/ack/")
