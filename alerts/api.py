@@ -212,6 +212,7 @@ class EventOut(BaseModel):
     to_state: str
     level: str | None
     note: str
+    team: str | None = Field(description="On dispatch events: the team it went to.")
 
     @classmethod
     def of(cls, e: AlertEvent) -> EventOut:
@@ -223,6 +224,7 @@ class EventOut(BaseModel):
             to_state=e.to_state,
             level=None if e.level is None else e.level.label,
             note=e.note,
+            team=e.team,
         )
 
 

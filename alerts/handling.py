@@ -89,6 +89,8 @@ class AlertEvent:
     to_state: str
     level: Level | None
     note: str
+    team: str | None = None
+    """On dispatch events: the team the alert was dispatched to."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -205,14 +207,20 @@ def act(
                 alert_id,
             ),
         )
-        audit = step.note
-        if action is Action.DISPATCH:
-            audit = f"to {after.team}" + (f": {step.note}" if step.note else "")
         cur.execute(
             """INSERT INTO alert_events (alert_id, at, actor, dimension, from_state, to_state,
-                                         level, note)
-               VALUES (%s, %s, %s, 'handling', %s, %s, %s, %s)""",
-            (alert_id, now, actor, status.handling.value, after.handling.value, row[8], audit),
+                                         level, note, team)
+               VALUES (%s, %s, %s, 'handling', %s, %s, %s, %s, %s)""",
+            (
+                alert_id,
+                now,
+                actor,
+                status.handling.value,
+                after.handling.value,
+                row[8],
+                step.note,
+                after.team if action is Action.DISPATCH else None,
+            ),
         )
     return step
 
@@ -295,11 +303,13 @@ def get_alert(conn: psycopg.Connection[Any], alert_id: int, now: datetime) -> Al
 def alert_timeline(conn: psycopg.Connection[Any], alert_id: int) -> list[AlertEvent]:
     """Every condition and handling event of one alert, oldest first."""
     rows = conn.execute(
-        "SELECT id, at, actor, dimension, from_state, to_state, level, note "
+        "SELECT id, at, actor, dimension, from_state, to_state, level, note, team "
         "FROM alert_events WHERE alert_id = %s ORDER BY at, id",
         (alert_id,),
     ).fetchall()
     return [
-        AlertEvent(r[0], r[1], r[2], r[3], r[4], r[5], None if r[6] is None else Level(r[6]), r[7])
+        AlertEvent(
+            r[0], r[1], r[2], r[3], r[4], r[5], None if r[6] is None else Level(r[6]), r[7], r[8]
+        )
         for r in rows
     ]

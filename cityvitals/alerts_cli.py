@@ -317,7 +317,7 @@ def alerts_show(
     ):
         if value:
             console.print(f"  {name:<13}{escape(value)}")
-    table = Table("at", "actor", "dimension", "from", "to", "note", title="timeline")
+    table = Table("at", "actor", "dimension", "from", "to", "team", "note", title="timeline")
     for e in events:
         table.add_row(
             _local(e.at),
@@ -325,6 +325,7 @@ def alerts_show(
             e.dimension,
             e.from_state or "",
             e.to_state,
+            escape(e.team or ""),
             escape(e.note),
         )
     console.print(table)

@@ -1,3 +1,8 @@
+-- The team a handling event concerns: set on dispatch events (to whom the alert
+-- went), so the timeline keeps every re-dispatch while alerts.team holds the
+-- current one. NULL for every other event.
+ALTER TABLE alert_events ADD COLUMN team text;
+
 -- Handling metrics for Grafana: how fast alerts are acknowledged and closed,
 -- per team, district and domain, over all alerts (issue 5, item 8).
 -- For a dashboard's time range, aggregate `alert_handling_times` (0004) in the

@@ -76,13 +76,13 @@ def test_handling_commands_record_the_actor(cli: Invoke, database: str) -> None:
 
     assert rows(
         database,
-        "SELECT actor, from_state, to_state, note FROM alert_events "
+        "SELECT actor, from_state, to_state, team, note FROM alert_events "
         "WHERE dimension = 'handling' ORDER BY id",
     ) == [
-        ("chen", "new", "acknowledged", ""),
-        ("chen", "acknowledged", "dispatched", "to drainage-futian: truck"),
-        ("li", "dispatched", "handled", "cleared"),
-        ("chen", "handled", "closed", "checked on camera"),
+        ("chen", "new", "acknowledged", None, ""),
+        ("chen", "acknowledged", "dispatched", "drainage-futian", "truck"),
+        ("li", "dispatched", "handled", None, "cleared"),
+        ("chen", "handled", "closed", None, "checked on camera"),
     ]
     shown = cli("alerts", "show", "1")
     assert shown.exit_code == 0 and "checked on camera" in shown.output

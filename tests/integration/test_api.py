@@ -248,12 +248,12 @@ def test_operator_flow_and_timeline(api: Api) -> None:
         assert r.json()["alert"]["handling"] == "closed"
         error(c.post(f"/alerts/{nanshan}/ack"), 409, "conflict")
         detail = c.get(f"/alerts/{nanshan}").json()
-        assert [(e["actor"], e["to_state"]) for e in detail["timeline"]] == [
-            ("rules", "firing"),
-            ("chen", "acknowledged"),
-            ("chen", "dispatched"),
-            ("chen", "handled"),
-            ("chen", "closed"),
+        assert [(e["actor"], e["to_state"], e["team"]) for e in detail["timeline"]] == [
+            ("rules", "firing", None),
+            ("chen", "acknowledged", None),
+            ("chen", "dispatched", "flood"),
+            ("chen", "handled", None),
+            ("chen", "closed", None),
         ]
         error(c.get("/alerts/999999"), 404, "not_found")
         closed = c.get("/alerts", params={"state": "closed"}).json()

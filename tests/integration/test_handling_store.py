@@ -84,17 +84,17 @@ def test_actions_write_timestamps_and_audit_rows(database: str) -> None:
     assert handled == T0 + timedelta(minutes=50) and closed == T0 + timedelta(hours=1)
     events = rows(
         database,
-        "SELECT actor, dimension, from_state, to_state, note FROM alert_events "
+        "SELECT actor, dimension, from_state, to_state, team, note FROM alert_events "
         "WHERE alert_id = %s ORDER BY at, id",
         alert,
     )
     assert events == [
-        ("rules", "condition", None, "firing", "fp1 is full"),
-        ("chen", "handling", "new", "acknowledged", ""),
-        ("chen", "handling", "acknowledged", "dispatched", "to drainage-ft: send the pump truck"),
-        ("li", "handling", "dispatched", "handled", "inlet cleared"),
-        ("rules", "condition", "firing", "resolved", "fp1 is full"),
-        ("chen", "handling", "handled", "closed", ""),
+        ("rules", "condition", None, "firing", None, "fp1 is full"),
+        ("chen", "handling", "new", "acknowledged", None, ""),
+        ("chen", "handling", "acknowledged", "dispatched", "drainage-ft", "send the pump truck"),
+        ("li", "handling", "dispatched", "handled", None, "inlet cleared"),
+        ("rules", "condition", "firing", "resolved", None, "fp1 is full"),
+        ("chen", "handling", "handled", "closed", None, ""),
     ]
     view = rows(
         database,
