@@ -83,6 +83,8 @@ MAX_BODY = 64 * 1024
 MAX_FILTER = 128
 MAX_ID = 2**63 - 1
 TEAM_REGEX = r"^[A-Za-z0-9_.@-]{1,64}$"
+NO_NUL = r"^[^\x00]*$"
+"""PostgreSQL text cannot hold NUL: refuse it at the boundary, with the field named."""
 
 Clock = Callable[[], datetime]
 
@@ -250,18 +252,18 @@ class _Body(BaseModel):
 
 
 class NoteIn(_Body):
-    note: str = Field(default="", max_length=MAX_NOTE)
+    note: str = Field(default="", max_length=MAX_NOTE, pattern=NO_NUL)
 
 
 class DispatchIn(_Body):
     team: str = Field(pattern=TEAM_REGEX, description="The team that will act on it.")
-    note: str = Field(default="", max_length=MAX_NOTE)
+    note: str = Field(default="", max_length=MAX_NOTE, pattern=NO_NUL)
 
 
 class MatcherIO(_Body):
-    name: str = Field(max_length=64, examples=["district"])
+    name: str = Field(max_length=64, examples=["district"], pattern=NO_NUL)
     op: Literal["=", "!=", "=~", "!~"] = "="
-    value: str = Field(max_length=MAX_VALUE, examples=["futian"])
+    value: str = Field(max_length=MAX_VALUE, examples=["futian"], pattern=NO_NUL)
 
 
 class SilenceIn(_Body):
@@ -269,7 +271,7 @@ class SilenceIn(_Body):
     starts_at: datetime | None = Field(default=None, description="Default: now.")
     ends_at: datetime | None = Field(default=None, description="Give ends_at or duration_s.")
     duration_s: int | None = Field(default=None, ge=60, le=90 * 86400)
-    reason: str = Field(min_length=1, max_length=MAX_NOTE)
+    reason: str = Field(min_length=1, max_length=MAX_NOTE, pattern=NO_NUL)
 
 
 class SilenceOut(BaseModel):
@@ -444,7 +446,11 @@ def _install_error_handlers(app: FastAPI) -> None:
         log.error("unexpected error on %s", request.url.path, exc_info=exc)
         return _error(500, "internal", "unexpected error; it is logged with the time")
 
+    async def unstorable(request: Request, exc: Exception) -> Response:
+        return _error(422, "invalid_request", "a value cannot be stored (e.g. a NUL character)")
+
     app.add_exception_handler(psycopg.OperationalError, database_down)
+    app.add_exception_handler(psycopg.DataError, unstorable)
     app.add_exception_handler(Exception, unexpected)
     app.add_exception_handler(ApiError, api_error)
     app.add_exception_handler(RequestValidationError, invalid)
@@ -550,7 +556,7 @@ def _do(
     return ActionResult(changed=step.changed, message=message, alert=detail)
 
 
-Filter = Annotated[str | None, Query(max_length=MAX_FILTER)]
+Filter = Annotated[str | None, Query(max_length=MAX_FILTER, pattern=NO_NUL)]
 AlertId = Annotated[int, Path(ge=1, le=MAX_ID, description="The alert's id.")]
 
 
@@ -762,7 +768,8 @@ def _routes(app: FastAPI) -> None:
         ctx: Ctx,
         caller: Caller,
         scope: Annotated[
-            str | None, Query(max_length=64, description="A district, or `city`.")
+            str | None,
+            Query(max_length=64, pattern=NO_NUL, description="A district, or `city`."),
         ] = None,
     ) -> list[VitalSignOut]:
         """The latest level and indicators of every (scope, domain)."""

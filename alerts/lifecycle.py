@@ -129,6 +129,8 @@ class Step:
 def clean_note(note: str | None, *, required: bool, why: str = "") -> str:
     """A note stripped and bounded; raises HandlingError if required and empty."""
     text = (note or "").strip()
+    if "\x00" in text:
+        raise HandlingError("the note contains a NUL character; remove it")
     if len(text) > MAX_NOTE:
         raise HandlingError(f"the note has {len(text)} characters; at most {MAX_NOTE}")
     if required and not text:

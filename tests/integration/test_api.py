@@ -10,6 +10,8 @@ from typing import Any
 import httpx
 import psycopg
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from alerts.api import create_app
 from alerts.auth import add_user, create_token, disable_user, revoke_token
@@ -490,3 +492,75 @@ def test_ack_links_off_without_a_secret(database: str) -> None:
             assert "CITYVITALS_LINK_SECRET" in error(r, 503, "links_disabled")
     finally:
         server.stop()
+
+
+def test_nul_characters_are_refused_cleanly(api: Api) -> None:
+    futian = api.alerts["futian"]
+    before = api.snapshot()
+    with api.client("chen") as c:
+        assert "district" in error(
+            c.get("/alerts", params={"district": "fu\x00tian"}), 422, "invalid_request"
+        )
+        error(c.get("/vital-signs", params={"scope": "\x00"}), 422, "invalid_request")
+        assert "note" in error(
+            c.post(f"/alerts/{futian}/handle", json={"note": "done\x00"}), 422, "invalid_request"
+        )
+        silence = {
+            "matchers": [{"name": "district", "value": "a\x00"}],
+            "duration_s": 600,
+            "reason": "x",
+        }
+        error(c.post("/silences", json=silence), 422, "invalid_request")
+        assert c.get("/health").status_code == 200  # the server is unharmed
+    assert api.snapshot() == before
+
+
+HOSTILE = [*INJECTIONS, "\x00", "a\x00b", "x" * 5000, "\u202e", "💧" * 100, "%00", "../../"]
+_text = st.one_of(
+    st.sampled_from(HOSTILE), st.text(st.characters(exclude_categories=("Cs",)), max_size=300)
+)
+
+
+@settings(
+    max_examples=100,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+@given(
+    field=st.sampled_from(
+        [
+            "domain",
+            "district",
+            "team",
+            "rule",
+            "device_id",
+            "order",
+            "level",
+            "state",
+            "condition",
+            "handling",
+            "since",
+            "limit",
+        ]
+    ),
+    value=_text,
+    note=_text,
+)
+def test_any_text_in_filters_and_notes_is_answered_cleanly(
+    api: Api, field: str, value: str, note: str
+) -> None:
+    """Whatever the text: 200 or a 4xx in the error shape, never a 500; a refused
+    note changes nothing."""
+    nanshan = api.alerts["nanshan"]
+    with api.client("chen") as c:
+        r = c.get(
+            "/alerts", params={field: value, "state": "all"} if field != "state" else {field: value}
+        )
+        assert r.status_code in (200, 422), r.text
+        if r.status_code == 422:
+            assert r.json()["error"]["code"] == "invalid_request"
+        before = api.snapshot()
+        r = c.post(f"/alerts/{nanshan}/dispatch", json={"team": value, "note": note})
+        assert r.status_code in (200, 409, 422), r.text
+        if r.status_code != 200:
+            assert "error" in r.json() and api.snapshot() == before
