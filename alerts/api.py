@@ -714,11 +714,18 @@ def _routes(app: FastAPI) -> None:
         authorize(caller, Permission.SILENCE)
         now = ctx.clock()
         starts = body.starts_at or now
+        if any(t is not None and t.tzinfo is None for t in (body.starts_at, body.ends_at)):
+            raise SilenceError("starts_at and ends_at need a time zone offset, e.g. +08:00")
         if body.ends_at is not None and body.duration_s is not None:
             raise SilenceError("give ends_at or duration_s, not both")
         if body.ends_at is None and body.duration_s is None:
             raise SilenceError("give ends_at or duration_s (e.g. 7200 for two hours)")
-        ends = body.ends_at or starts + timedelta(seconds=body.duration_s or 0)
+        try:
+            ends = body.ends_at or starts + timedelta(seconds=body.duration_s or 0)
+        except OverflowError:
+            raise SilenceError("starts_at plus duration_s is past the year 9999") from None
+        if ends <= now:
+            raise SilenceError(f"the silence would end at {ends.isoformat()}, in the past")
         silence = Silence.build(
             [Matcher.build(m.name, m.op, m.value) for m in body.matchers],
             starts,

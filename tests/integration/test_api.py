@@ -300,6 +300,16 @@ def test_silences_and_silenced_flag(api: Api) -> None:
             },
         )
         assert "not a regex" in error(bad, 422, "invalid_request")
+        for when in (
+            {"starts_at": "9999-12-31T23:00:00Z", "duration_s": 7200},
+            {"ends_at": "2026-06-30T00:00:00Z"},
+            {"starts_at": "2026-07-01T09:00:00", "duration_s": 600},
+        ):
+            r = c.post(
+                "/silences",
+                json={"matchers": [{"name": "rule", "value": "x"}], "reason": "x", **when},
+            )
+            error(r, 422, "invalid_request")
         error(
             c.post("/silences", json={"matchers": [], "duration_s": 600, "reason": "x"}),
             422,
@@ -564,3 +574,47 @@ def test_any_text_in_filters_and_notes_is_answered_cleanly(
         assert r.status_code in (200, 409, 422), r.text
         if r.status_code != 200:
             assert "error" in r.json() and api.snapshot() == before
+
+
+_json = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats() | _text,
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(_text, inner, max_size=4),
+    max_leaves=12,
+)
+_silence_like = st.fixed_dictionaries(
+    {},
+    optional={
+        "matchers": st.lists(
+            st.fixed_dictionaries({"name": _text, "op": _text, "value": _text}), max_size=3
+        ),
+        "starts_at": _text | st.datetimes(timezones=st.just(UTC)).map(datetime.isoformat),
+        "ends_at": _text | st.datetimes(timezones=st.just(UTC)).map(datetime.isoformat),
+        "duration_s": st.integers(),
+        "reason": _text,
+    },
+)
+
+
+@settings(
+    max_examples=80,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+@given(
+    path=st.sampled_from(
+        [
+            "/silences",
+            "/alerts/{id}/close",
+            "/alerts/{id}/dispatch",
+            "/alerts/{id}/handle",
+            "/alerts/{id}/ack",
+        ]
+    ),
+    body=_json | _silence_like,
+)
+def test_any_json_body_is_answered_cleanly(api: Api, path: str, body: Any) -> None:
+    with api.client("chen") as c:
+        r = c.post(path.format(id=api.alerts["nanshan"]), json=body)
+        assert r.status_code < 500, r.text
+        if r.status_code >= 400:
+            assert set(r.json()) == {"error"}
