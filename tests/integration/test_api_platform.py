@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 import stat
 from datetime import UTC, datetime
 from pathlib import Path
@@ -10,9 +11,16 @@ import httpx
 import psycopg
 import pytest
 
+from alerts.api import create_app
 from alerts.auth import add_user, create_token
 from alerts.links import ActionLink, verify
-from cityvitals.api_server import LINK_SECRET_FILE, ack_url, link_secret
+from cityvitals.api_server import (
+    LINK_SECRET_FILE,
+    ApiServer,
+    ApiServerError,
+    ack_url,
+    link_secret,
+)
 from cityvitals.app import Endpoints, Platform
 from cityvitals.services import LocalMosquitto
 from cityvitals.settings import Settings
@@ -75,3 +83,16 @@ def test_ack_url_is_signed_with_the_deployment_secret(tmp_path: Path) -> None:
     assert ack_url(Settings(data_dir=tmp_path, link_secret="k" * 24), link) is None
     served = Settings(data_dir=tmp_path, link_secret="k" * 24, api_enabled=True, api_port=9000)
     assert (ack_url(served, link) or "").startswith("http://127.0.0.1:9000/ack/")
+
+
+def test_port_in_use_is_a_clear_error(database: str) -> None:
+    taken = socket.socket()
+    taken.bind(("127.0.0.1", 0))
+    taken.listen()
+    try:
+        app = create_app(database, clock=lambda: datetime.now(UTC))
+        server = ApiServer(app, "127.0.0.1", taken.getsockname()[1])
+        with pytest.raises(ApiServerError, match="CITYVITALS_API_PORT"):
+            server.start()
+    finally:
+        taken.close()
