@@ -43,6 +43,8 @@ RUN groupadd --system --gid 10001 cityvitals \
 # platform looks for an optional cityvitals.toml settings file.
 WORKDIR /var/lib/cityvitals
 USER 10001:10001
+# The HTTP API, when CITYVITALS_API_ENABLED (docker-compose.yml turns it on).
+EXPOSE 8080
 
 # Healthy while this container's ingest reports a heartbeat to the database
 # (table ingest_stats, every CITYVITALS_STATS_INTERVAL) and is connected to the

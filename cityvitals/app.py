@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
 
+from cityvitals.api_server import ApiServer, build_app
 from cityvitals.db import UpgradeResult, upgrade
 from cityvitals.rules_runtime import RuleRuntime
 from cityvitals.services import LocalMosquitto, LocalPostgres
@@ -136,8 +137,18 @@ class Platform:
         sink = self.rules.submit if self.rules is not None else None
         self.ingest = IngestService(ingest_config(settings, ends), self.profiles, sink)
         self._thread: threading.Thread | None = None
+        self.api: ApiServer | None = None
+        if settings.api_enabled:
+            self.api = ApiServer(
+                build_app(settings, ends.database_url),
+                settings.api_host,
+                settings.api_port,
+                settings.log_level,
+            )
 
     def start(self) -> None:
+        if self.api is not None:
+            self.api.start()
         if self.rules is not None:
             self.rules.start()
         self._thread = threading.Thread(target=self.ingest.run, name="ingest", daemon=True)
@@ -149,6 +160,8 @@ class Platform:
             self._thread.join(timeout)
         if self.rules is not None:
             self.rules.stop(timeout)
+        if self.api is not None:
+            self.api.stop()
 
     def wait(self) -> None:
         """Block until SIGINT/SIGTERM, then stop cleanly."""

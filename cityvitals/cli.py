@@ -18,6 +18,8 @@ from rich.markup import escape
 from rich.table import Table
 
 from cityvitals import status as status_view
+from cityvitals.alerts_cli import alerts_app, api, silences_app, tokens_app, users_app
+from cityvitals.api_server import ApiServerError
 from cityvitals.app import Platform, endpoints, recorded_endpoints
 from cityvitals.aqi_cli import aqi
 from cityvitals.db import MigrationError, schema_status, upgrade
@@ -48,6 +50,11 @@ app.add_typer(simulate_app, name="simulate")
 app.add_typer(rules_app, name="rules")
 app.command("aqi")(aqi)
 app.command("vitals")(vitals)
+app.add_typer(alerts_app, name="alerts")
+app.add_typer(silences_app, name="silences")
+app.add_typer(users_app, name="users")
+app.add_typer(tokens_app, name="tokens")
+app.command("api")(api)
 
 console = Console()
 err = Console(stderr=True)
@@ -112,13 +119,15 @@ def run() -> None:
                 f"{'{' + ','.join(settings.districts) + '}' if settings.districts else '+'}/+/+/+"
             )
             platform.start()
+            if platform.api is not None:
+                console.print(f"API on {platform.api.url} (docs: {platform.api.url}/docs)")
             platform.wait()
             c = platform.ingest.counters
             console.print(
                 f"stopped: {c.messages} messages, {c.readings} readings stored, "
                 f"{c.duplicates} duplicates, {c.dead_letters} dead letters"
             )
-    except (ServiceError, MigrationError, ProfileError) as exc:
+    except (ServiceError, MigrationError, ProfileError, ApiServerError) as exc:
         raise _fail(str(exc)) from None
 
 

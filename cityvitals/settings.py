@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Annotated, Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from pydantic import Field, field_validator
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import (
     BaseSettings,
     NoDecode,
@@ -76,6 +76,33 @@ class Settings(BaseSettings):
     """Local time of the city: schedules (night noise) and diurnal indicators."""
     stats_interval: float = Field(default=5.0, gt=0)
     log_level: str = "INFO"
+
+    # --- HTTP API and ack links (alerts/api.py, cityvitals/api_server.py) ---------------
+    api_enabled: bool = False
+    """Serve the HTTP API from the platform process (`cityvitals run`)."""
+    api_host: str = "127.0.0.1"
+    """Address the API listens on; 0.0.0.0 exposes it (put TLS in front)."""
+    api_port: int = Field(default=8080, ge=0, le=65535)
+    link_secret: SecretStr | None = Field(default=None, min_length=16)
+    """Signs ack links; share it between processes. Unset: one is made in data_dir."""
+    public_url: str | None = Field(default=None, pattern=r"^https?://[^\s]+$")
+    """Base URL of the API as people reach it, for links in messages.
+    Unset: http://api_host:api_port."""
+
+    @field_validator("link_secret", "public_url", mode="before")
+    @classmethod
+    def _empty_is_unset(cls, value: Any) -> Any:
+        return None if isinstance(value, str) and not value.strip() else value
+
+    @property
+    def api_url(self) -> str:
+        """Where people reach the API: public_url, else the address it listens on."""
+        if self.public_url is not None:
+            return self.public_url.rstrip("/")
+        host = f"[{self.api_host}]" if ":" in self.api_host else self.api_host
+        return f"http://{host}:{self.api_port}"
+
+    # --- end of the HTTP API block -----------------------------------------------------
 
     _normalise = field_validator(
         "flush_interval",

@@ -26,7 +26,14 @@ MOSQUITTO_DIR = ROOT / "deploy" / "mosquitto"
 
 PLATFORM_SERVICES = ("timescaledb", "mosquitto")
 """The services the platform cannot work without."""
-COMPOSE_SET_SETTINGS = {"database_url", "mqtt_url", "data_dir"}
+COMPOSE_SET_SETTINGS = {
+    "database_url",
+    "mqtt_url",
+    "data_dir",
+    "api_enabled",
+    "api_host",
+    "api_port",
+}
 """Settings docker-compose.yml sets itself (or that do not matter in a container)."""
 
 VERSION_TAG = re.compile(r"^v?\d+\.\d+\.\d+([-.+][\w.-]+)?$")
