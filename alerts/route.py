@@ -166,11 +166,13 @@ class Team(_Strict):
         """(name, channel) pairs; unnamed channels are named by type, numbered if repeated."""
         counts: dict[str, int] = {}
         for c in self.channels:
-            counts[c.type] = counts.get(c.type, 0) + 1
+            if c.name is None:
+                counts[c.type] = counts.get(c.type, 0) + 1
         seen: dict[str, int] = {}
         out = []
         for c in self.channels:
-            seen[c.type] = seen.get(c.type, 0) + 1
+            if c.name is None:
+                seen[c.type] = seen.get(c.type, 0) + 1
             name = c.name or (c.type if counts[c.type] == 1 else f"{c.type}-{seen[c.type]}")
             out.append((name, c))
         return out
@@ -204,9 +206,7 @@ class RouteSpec(_Strict):
             try:
                 re.compile(pattern)
             except re.error as exc:
-                raise ValueError(
-                    f"{name}: {pattern!r} is not a valid regex ({exc})"
-                ) from None
+                raise ValueError(f"{name}: {pattern!r} is not a valid regex ({exc})") from None
         return value
 
     @field_validator("match")
@@ -323,6 +323,14 @@ class Routing:
     def teams_for(self, attributes: Mapping[str, str]) -> list[str]:
         """Receivers of the matched routes, first match first, without repeats."""
         return list(dict.fromkeys(r.receiver for r in self.match(attributes)))
+
+    def owner(self, attributes: Mapping[str, str]) -> str | None:
+        """The team that owns an alert (alerts.team): the receiver of the first matched route
+        that does not `continue` — routes that continue are copies for onlookers, such as the
+        duty officer seeing every red alert — else the first matched receiver."""
+        matched = self.match(attributes)
+        owners = [r.receiver for r in matched if not r.continue_] or [r.receiver for r in matched]
+        return owners[0] if owners else None
 
     def routes(self) -> list[Route]:
         out: list[Route] = []

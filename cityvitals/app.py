@@ -14,6 +14,7 @@ from pathlib import Path
 from types import FrameType
 
 from cityvitals.db import UpgradeResult, upgrade
+from cityvitals.notify_runtime import Notifications
 from cityvitals.rules_runtime import RuleRuntime
 from cityvitals.services import LocalMosquitto, LocalPostgres
 from cityvitals.settings import Settings
@@ -113,7 +114,8 @@ def ingest_config(settings: Settings, ends: Endpoints) -> IngestConfig:
 
 
 class Platform:
-    """The running platform: schema brought up to date, the ingest loop, the rule engine."""
+    """The running platform: schema brought up to date, the ingest loop, the rule engine,
+    the notifications."""
 
     def __init__(self, settings: Settings, ends: Endpoints):
         self.settings = settings
@@ -135,9 +137,14 @@ class Platform:
             )
         sink = self.rules.submit if self.rules is not None else None
         self.ingest = IngestService(ingest_config(settings, ends), self.profiles, sink)
+        self.notifications: Notifications | None = None
+        if settings.notify_enabled:
+            self.notifications = Notifications(settings, ends.database_url, ends.mqtt_url)
         self._thread: threading.Thread | None = None
 
     def start(self) -> None:
+        if self.notifications is not None:
+            self.notifications.start()
         if self.rules is not None:
             self.rules.start()
         self._thread = threading.Thread(target=self.ingest.run, name="ingest", daemon=True)
@@ -149,6 +156,8 @@ class Platform:
             self._thread.join(timeout)
         if self.rules is not None:
             self.rules.stop(timeout)
+        if self.notifications is not None:
+            self.notifications.stop(timeout)
 
     def wait(self) -> None:
         """Block until SIGINT/SIGTERM, then stop cleanly."""

@@ -192,3 +192,9 @@ def test_unreadable_or_invalid_yaml_names_the_file(tmp_path: Path) -> None:
     broken.write_text("route: [unclosed")
     with pytest.raises(RoutingError, match=r"broken\.yaml: not valid YAML"):
         load_routing(broken)
+
+
+def test_the_owner_is_the_first_match_that_does_not_continue(routing: Any) -> None:
+    assert routing.owner(attrs("elevator", level=Level.RED)) == "lift"
+    assert routing.owner(attrs("air", level=Level.RED)) == "duty"
+    assert routing.owner(attrs("drainage", "futian")) == "drain-futian"
