@@ -23,7 +23,7 @@ import socket
 import threading
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -69,10 +69,11 @@ class Claimed:
     team: str
     channel: str
     attempt: int
-    """This attempt's number, from 1."""
+    """Attempts made so far; after `begin`, this attempt's number (from 1)."""
     max_attempts: int
-    started_at: datetime
+    lease_until: datetime
     envelope: Envelope
+    started_at: datetime | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -132,12 +133,17 @@ def claim(
     policy: RetryPolicy,
     sender: str,
 ) -> list[Claimed]:
-    """Take up to `limit` due rows for this sender and commit the claim."""
+    """Take up to `limit` due rows for this sender (a lease each) and commit the claim.
+
+    A row still `sending` past its lease was claimed by a sender that stopped; if that
+    sender had begun delivering it, the attempt is recorded as `interrupted`.
+    """
     out: list[Claimed] = []
+    lease_until = now + policy.lease
     with conn.transaction(), conn.cursor(row_factory=dict_row) as cur:
         cur.execute(
             """SELECT id, idempotency_key, team, channel, payload, status, attempts,
-                      max_attempts, lease_until
+                      max_attempts, attempt_started_at
                FROM notifications
                WHERE (status = 'pending' AND next_attempt_at <= %s)
                   OR (status = 'sending' AND lease_until <= %s)
@@ -147,8 +153,7 @@ def claim(
             (now, now, limit),
         )
         for row in cur.fetchall():
-            if row["status"] == "sending":
-                # Its sender died (or stalled past its lease) during attempt `attempts`.
+            if row["status"] == "sending" and row["attempt_started_at"] is not None:
                 cur.execute(
                     """INSERT INTO notification_attempts (notification_id, attempt, started_at,
                            finished_at, outcome, error, sender)
@@ -156,7 +161,7 @@ def claim(
                     (
                         row["id"],
                         row["attempts"],
-                        row["lease_until"] - policy.lease,
+                        row["attempt_started_at"],
                         now,
                         "the sender stopped before recording the outcome",
                         sender,
@@ -165,15 +170,14 @@ def claim(
                 if row["attempts"] >= row["max_attempts"]:
                     cur.execute(
                         "UPDATE notifications SET status = 'failed', lease_until = NULL, "
-                        "last_error = %s WHERE id = %s",
+                        "attempt_started_at = NULL, last_error = %s WHERE id = %s",
                         ("interrupted on the last attempt; delivery unknown", row["id"]),
                     )
                     continue
-            attempt = int(row["attempts"]) + 1
             cur.execute(
-                "UPDATE notifications SET status = 'sending', attempts = %s, lease_until = %s "
-                "WHERE id = %s",
-                (attempt, now + policy.lease, row["id"]),
+                "UPDATE notifications SET status = 'sending', lease_until = %s, "
+                "attempt_started_at = NULL WHERE id = %s",
+                (lease_until, row["id"]),
             )
             payload = row["payload"]
             out.append(
@@ -182,9 +186,9 @@ def claim(
                     str(row["idempotency_key"]),
                     str(row["team"]),
                     str(row["channel"]),
-                    attempt,
+                    int(row["attempts"]),
                     int(row["max_attempts"]),
-                    now,
+                    lease_until,
                     Envelope(
                         str(row["idempotency_key"]),
                         str(payload.get("subject", "")),
@@ -194,6 +198,25 @@ def claim(
                 )
             )
     return out
+
+
+def begin(
+    conn: psycopg.Connection[Any], claimed: Claimed, now: datetime, policy: RetryPolicy
+) -> Claimed | None:
+    """Mark the start of an attempt (and renew the lease); None if the row was taken over."""
+    lease_until = now + policy.lease
+    with conn.transaction(), conn.cursor() as cur:
+        cur.execute(
+            """UPDATE notifications
+               SET attempts = attempts + 1, attempt_started_at = %s, lease_until = %s
+               WHERE id = %s AND status = 'sending' AND lease_until = %s
+               RETURNING attempts""",
+            (now, lease_until, claimed.id, claimed.lease_until),
+        )
+        row = cur.fetchone()
+    if row is None:
+        return None
+    return replace(claimed, attempt=int(row[0]), lease_until=lease_until, started_at=now)
 
 
 def finish(
@@ -214,11 +237,20 @@ def finish(
     with conn.transaction(), conn.cursor() as cur:
         cur.execute(
             """UPDATE notifications
-               SET status = %s, lease_until = NULL, last_error = %s,
+               SET status = %s, lease_until = NULL, attempt_started_at = NULL, last_error = %s,
                    sent_at = CASE WHEN %s = 'sent' THEN %s ELSE sent_at END,
                    next_attempt_at = COALESCE(%s, next_attempt_at)
-               WHERE id = %s AND status = 'sending' AND attempts = %s""",
-            (status, result.error, status, now, next_at, claimed.id, claimed.attempt),
+               WHERE id = %s AND status = 'sending' AND attempts = %s AND lease_until = %s""",
+            (
+                status,
+                result.error,
+                status,
+                now,
+                next_at,
+                claimed.id,
+                claimed.attempt,
+                claimed.lease_until,
+            ),
         )
         if cur.rowcount == 0:
             status = ""  # another sender took the row over after our lease ran out
@@ -229,7 +261,7 @@ def finish(
             (
                 claimed.id,
                 claimed.attempt,
-                claimed.started_at,
+                claimed.started_at or now,
                 now,
                 result.outcome.value,
                 result.error,
@@ -347,6 +379,10 @@ class Sender:
         for item in claimed:
             if self._stop.is_set():
                 break  # the rest of the batch waits for its lease to run out
+            started = begin(conn, item, self.clock(), self.policy)
+            if started is None:
+                continue  # our lease ran out and another sender has the row
+            item = started
             try:
                 result = self.channels.send(item.team, item.channel, item.envelope)
             except Exception as exc:  # a channel bug must not stop the others
@@ -392,6 +428,8 @@ class Sender:
         self._wake.set()
         if self._thread is not None:
             self._thread.join(timeout)
+        elif self._conn is not None:
+            self._conn.close()
         self.channels.close()
 
     def drain(self, timeout: float = 60) -> bool:

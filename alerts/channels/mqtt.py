@@ -7,6 +7,7 @@ carries `idempotency_key`, since QoS 1 itself may deliver twice.
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 import urllib.parse
@@ -17,6 +18,8 @@ import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
 from alerts.channels import Envelope, Result
+
+log = logging.getLogger(__name__)
 
 
 def _address(url: str) -> tuple[str, int, str | None, str | None, bool]:
@@ -48,7 +51,8 @@ class MqttPublisher:
             self.client.username_pw_set(user, password)
         if tls:
             self.client.tls_set()
-        self.client.reconnect_delay_set(1, 10)
+        self.client.reconnect_delay_set(1, 5)
+        self.client.enable_logger(log)
         self._lock = threading.Lock()
         self._started = False
 

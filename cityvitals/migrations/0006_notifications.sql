@@ -7,6 +7,8 @@
 -- a receiver can drop the one duplicate a crash between delivery and commit can cause.
 -- status: pending → sending (claimed, lease until lease_until) → sent | pending (retry
 -- at next_attempt_at) | failed (permanent error, or attempts exhausted).
+-- attempt_started_at is set when a claimed row's delivery actually begins, so a sender
+-- that dies is known to have interrupted an attempt, or only to have claimed the row.
 CREATE TABLE notifications (
     id              bigserial PRIMARY KEY,
     idempotency_key text NOT NULL UNIQUE,
@@ -28,6 +30,7 @@ CREATE TABLE notifications (
     created_at      timestamptz NOT NULL,
     next_attempt_at timestamptz NOT NULL,
     lease_until     timestamptz,
+    attempt_started_at timestamptz,
     sent_at         timestamptz,
     last_error      text
 );
