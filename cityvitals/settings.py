@@ -127,6 +127,25 @@ class Settings(BaseSettings):
         mode="before",
     )(_seconds)
 
+    @field_validator(
+        "routing_file",
+        "public_url",
+        "link_secret",
+        "smtp_username",
+        "smtp_password",
+        mode="before",
+    )
+    @classmethod
+    def _empty_is_unset(cls, value: Any) -> Any:
+        return None if isinstance(value, str) and not value.strip() else value
+
+    @field_validator("link_secret")
+    @classmethod
+    def _link_secret(cls, value: str | None) -> str | None:
+        if value is not None and len(value.encode("utf-8")) < 16:
+            raise ValueError("the link secret must be at least 16 bytes")
+        return value
+
     @field_validator("timezone")
     @classmethod
     def _zone(cls, value: str) -> str:
