@@ -203,6 +203,19 @@ class Grouper:
             self._put(group, alert, now)
         return len(held)
 
+    def drop(self, alert_id: int, now: datetime) -> int:
+        """Forget an alert (it was closed): the groups that reported it send an update
+        without it at their next interval; a group left empty ends quietly."""
+        held = [g for g in self.groups.values() if alert_id in g.alerts]
+        for group in held:
+            del group.alerts[alert_id]
+            if not group.alerts:
+                del self.groups[group.key]
+            elif alert_id in group.sent and group.last_sent_at is not None:
+                soonest = max(now, group.last_sent_at + group.group_interval)
+                group.next_flush = min(group.next_flush, soonest)
+        return len(held)
+
     def _put(self, group: Group, alert: AlertSnapshot, now: datetime) -> bool:
         if not alert.firing:
             if alert.alert_id not in group.alerts:

@@ -254,6 +254,7 @@ class Notifier:
         if event.dimension == "handling":
             if event.to_state == "closed":
                 self._tracks.pop(event.alert_id, None)
+                self._grouper.drop(event.alert_id, now)
             if event.to_state == "dispatched" and alert["team"]:
                 return self._dispatch_items(event, str(alert["team"]), now)
             return []

@@ -76,3 +76,8 @@ CREATE TABLE notifier_state (
     escalations jsonb NOT NULL DEFAULT '[]'::jsonb,
     updated_at  timestamptz NOT NULL DEFAULT now()
 );
+
+-- A deployment upgraded to this version starts after the alert history it already
+-- has: old alerts are not notified. A new database starts at 0.
+INSERT INTO notifier_state (name, last_event)
+SELECT 'default', COALESCE(max(id), 0) FROM alert_events;

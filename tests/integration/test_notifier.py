@@ -328,3 +328,25 @@ def test_a_silence_ending_lets_the_alert_through(database: str, make: Any, clock
     clock.at(600)
     notifier.step()
     assert [r[1] for r in outbox(database)] == ["lift"]
+
+
+def test_an_upgraded_deployment_does_not_notify_its_old_alerts(
+    empty_database: str, tmp_path: Path
+) -> None:
+    from cityvitals.db import MIGRATIONS_DIR, upgrade
+
+    old = tmp_path / "migrations"
+    old.mkdir()
+    for f in MIGRATIONS_DIR.glob("000[1-4]_*.sql"):
+        (old / f.name).write_text(f.read_text())
+    upgrade(empty_database, old)
+    store(empty_database, transition("old-1", "drainage", "d01", Level.RED))
+    last = scalar(empty_database, "SELECT max(id) FROM alert_events")
+    upgrade(empty_database)
+    assert scalar(empty_database, "SELECT last_event FROM notifier_state") == last
+    config = NotifierConfig(load_routing(routing_file(tmp_path)), Renderer())
+    notifier = Notifier(empty_database, config, clock=lambda: T0 + timedelta(hours=1))
+    assert notifier.step() == 0
+    assert notifier._conn is not None
+    notifier._conn.close()
+    assert outbox(empty_database) == []

@@ -135,3 +135,15 @@ def test_state_survives_a_round_trip() -> None:
     (n,) = restored.flush(s(360))
     assert n.seq == 2 and n.new == frozenset({2})
     assert n.group_id == g.groups[n.group_key].id
+
+
+def test_a_closed_alert_leaves_its_group() -> None:
+    g = Grouper()
+    add(g, alert(1), T0)
+    add(g, alert(2), T0)
+    g.flush(s(60))
+    assert g.drop(1, s(100)) == 1
+    (n,) = g.flush(s(360))
+    assert n.kind is NoticeKind.UPDATE and [a.alert_id for a in n.alerts] == [2]
+    g.drop(2, s(400))
+    assert len(g) == 0 and g.flush(s(4000)) == []
