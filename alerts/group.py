@@ -231,6 +231,14 @@ class Grouper:
             group.next_flush = min(group.next_flush, soonest)
         return True
 
+    def unsent(self) -> int:
+        """Groups holding changes their last message did not carry (silences aside)."""
+        return sum(
+            1
+            for g in list(self.groups.values())
+            if {i: (a.state, a.level) for i, a in list(g.alerts.items())} != g.sent
+        )
+
     def next_due(self) -> datetime | None:
         return min((g.next_flush for g in self.groups.values()), default=None)
 

@@ -2,12 +2,14 @@
 
 It reads `alert_events` in id order from a cursor kept in `notifier_state`, and
 in one transaction per step: routes each newly firing alert (recording the
-matched teams and any silences in `alert_routing`, and setting `alerts.team` to
-the first matched team when it has none), feeds its groups, turns the groups
-that are due into messages, notifies the teams of escalation stages that are
-due and of dispatches, inserts every message into the outbox, and saves the
-cursor, the groups and the escalation tracks. A crash anywhere rolls the whole
-step back, so a restart resumes exactly where the last commit left off.
+matched teams, the owning team and any silences in `alert_routing`), feeds its
+groups, turns the groups that are due into messages, notifies the teams of
+escalation stages that are due and of dispatches, inserts every message into
+the outbox, and saves the cursor, the groups and the escalation tracks. A
+crash anywhere rolls the whole step back, so a restart resumes exactly where
+the last commit left off. After the commit, `alerts.team` is set to the owning
+team where it is still empty. The step's transaction takes no lock on `alerts`
+rows, so it never waits on or deadlocks with the rule runtime.
 
 Silenced alerts are routed and recorded but left out of messages and
 escalations while the silence holds. A `Sender` (alerts/outbox.py) delivers
@@ -127,6 +129,8 @@ class Notifier:
         self._tracks: dict[int, Track] = {}
         self._state_stamp: datetime | None = None
         self._gap_seen: tuple[int, float] | None = None
+        self._owners: list[int] = []
+        self._swept = False
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -234,12 +238,37 @@ class Notifier:
                     self._save_state(cur, events[-1].id if events else cursor, now)
         except BaseException:
             self._state_stamp = None  # reload the committed state next step
+            self._owners.clear()
+            self._swept = False  # and catch up on owners then
             raise
+        self._assign_owners(conn)
         self.events += len(events)
         self.enqueued += added
         if added and self.on_enqueued is not None:
             self.on_enqueued()
         return added
+
+    def _assign_owners(self, conn: psycopg.Connection[Any]) -> None:
+        """Copy each routed alert's owning team to alerts.team where that is still empty.
+
+        Outside the step's transaction and one row per statement: the rule runtime
+        locks alert rows in its own order, so the notifier must never hold several
+        (a crash before this ran is caught up by the sweep at the first step).
+        """
+        if not self._swept:
+            found = conn.execute(
+                "SELECT r.alert_id FROM alert_routing r JOIN alerts a ON a.id = r.alert_id "
+                "WHERE a.team IS NULL AND r.owner IS NOT NULL AND a.handling <> 'closed'"
+            ).fetchall()
+            self._owners += [int(r[0]) for r in found]
+            self._swept = True
+        while self._owners:
+            conn.execute(
+                "UPDATE alerts SET team = r.owner FROM alert_routing r "
+                "WHERE alerts.id = %s AND r.alert_id = alerts.id AND alerts.team IS NULL",
+                (self._owners[0],),
+            )
+            self._owners.pop(0)
 
     # --- events ---------------------------------------------------------------------
 
@@ -266,20 +295,19 @@ class Notifier:
             if event.from_state in (None, "resolved", "pending"):
                 teams = list(dict.fromkeys(r.receiver for r in routes))
                 quiet = silenced_by(silences, attrs, now)
+                owners = [r.receiver for r in routes if not r.continue_] or teams
+                owner = owners[0] if owners else None
                 cur.execute(
-                    """INSERT INTO alert_routing (alert_id, routes, teams, silenced_by, routed_at)
-                       VALUES (%s, %s, %s, %s, %s)
+                    """INSERT INTO alert_routing (alert_id, routes, teams, owner, silenced_by,
+                                                  routed_at)
+                       VALUES (%s, %s, %s, %s, %s, %s)
                        ON CONFLICT (alert_id) DO UPDATE SET
                            silenced_by = ARRAY(SELECT DISTINCT unnest(
                                alert_routing.silenced_by || EXCLUDED.silenced_by))""",
-                    (event.alert_id, [r.id for r in routes], teams, quiet, now),
+                    (event.alert_id, [r.id for r in routes], teams, owner, quiet, now),
                 )
-                owners = [r.receiver for r in routes if not r.continue_] or teams
-                if owners:
-                    cur.execute(
-                        "UPDATE alerts SET team = %s WHERE id = %s AND team IS NULL",
-                        (owners[0], event.alert_id),
-                    )
+                if owner is not None and alert["team"] is None:
+                    self._owners.append(event.alert_id)
             for route in routes:
                 self._grouper.add(route, attrs, snap, now)
             level = Level(snap.level)

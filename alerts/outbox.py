@@ -271,6 +271,23 @@ def finish(
     return status
 
 
+def release(conn: psycopg.Connection[Any], claimed: Sequence[Claimed]) -> int:
+    """Hand claimed rows whose attempt never began back to the queue (a clean stop)."""
+    if not claimed:
+        return 0
+    with conn.transaction(), conn.cursor() as cur:
+        released = 0
+        for item in claimed:
+            cur.execute(
+                "UPDATE notifications SET status = 'pending', lease_until = NULL "
+                "WHERE id = %s AND status = 'sending' AND lease_until = %s "
+                "AND attempt_started_at IS NULL",
+                (item.id, item.lease_until),
+            )
+            released += cur.rowcount
+    return released
+
+
 def retry(
     conn: psycopg.Connection[Any], ids: Sequence[int], now: datetime, extra_attempts: int = 1
 ) -> int:
@@ -376,9 +393,10 @@ class Sender:
         """Claim and deliver one batch; returns how many rows were attempted."""
         conn = self._connection()
         claimed = claim(conn, self.clock(), self.batch, self.policy, self.name)
-        for item in claimed:
+        for n, item in enumerate(claimed):
             if self._stop.is_set():
-                break  # the rest of the batch waits for its lease to run out
+                release(conn, claimed[n:])  # stopping: the rest goes back to the queue
+                break
             started = begin(conn, item, self.clock(), self.policy)
             if started is None:
                 continue  # our lease ran out and another sender has the row

@@ -55,11 +55,15 @@ CREATE TABLE notification_attempts (
 CREATE INDEX notification_attempts_notification ON notification_attempts (notification_id);
 
 -- What the routing tree decided for an alert when it first fired: the teams of the
--- matched routes, and the silences that held it quiet (recorded, shown, not notified).
+-- matched routes, the owning team (copied to alerts.team when that is empty), and the
+-- silences that held it quiet (recorded, shown, not notified). No foreign key: its
+-- KEY SHARE lock on alerts would make the notifier wait on, and deadlock with, the
+-- rule runtime's updates of the same alerts.
 CREATE TABLE alert_routing (
-    alert_id    bigint PRIMARY KEY REFERENCES alerts (id),
+    alert_id    bigint PRIMARY KEY,
     routes      text[] NOT NULL DEFAULT '{}',
     teams       text[] NOT NULL DEFAULT '{}',
+    owner       text,
     silenced_by bigint[] NOT NULL DEFAULT '{}',
     routed_at   timestamptz NOT NULL
 );
