@@ -375,3 +375,20 @@ def test_sender_killed_mid_send_and_restarted_delivers_everything(
             "ON a.notification_id = n.id WHERE a.outcome = 'interrupted'",
         )
     }
+
+
+def test_apprise_channel_delivers_to_a_json_endpoint(webhook: WebhookReceiver) -> None:
+    """Apprise's own `json://` service stands in for a DingTalk/WeCom/Feishu bot."""
+    from alerts.channels.apprise_url import AppriseChannel
+
+    port = webhook.url.split(":")[2].split("/")[0]
+    channel = AppriseChannel(f"json://127.0.0.1:{port}/hook")
+    result = channel.send(Envelope("g.abc.1.drain.apprise", "红色预警 · 排水", "正文"))
+    assert result.outcome is Outcome.SENT, result.error
+    (d,) = webhook.deliveries
+    assert d.document["title"] == "红色预警 · 排水"
+    assert d.document["message"].endswith("[g.abc.1.drain.apprise]")
+    webhook.status = 503
+    assert channel.send(Envelope("k.6", "s", "b")).outcome is Outcome.RETRYABLE
+    bogus = AppriseChannel("nosuchscheme://x")
+    assert bogus.send(Envelope("k.7", "s", "b")).outcome is Outcome.PERMANENT
