@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import jinja2
 
@@ -82,11 +83,13 @@ class Renderer:
         link_ttl: timedelta = timedelta(hours=24),
         max_listed: int = MAX_LISTED,
         templates: Path = TEMPLATES,
+        timezone: str = "Asia/Shanghai",
     ) -> None:
         self.public_url = public_url.rstrip("/") if public_url else None
         self.link_secret = link_secret
         self.link_ttl = link_ttl
         self.max_listed = max_listed
+        self.zone = ZoneInfo(timezone)
         self.env = jinja2.Environment(
             loader=jinja2.FileSystemLoader(templates),
             autoescape=False,  # plain text; the webhook and MQTT carry data as JSON
@@ -126,10 +129,20 @@ class Renderer:
             "values_text": _values_text(a.values),
             "labels": dict(a.labels),
             "started_at": a.started_at,
+            "started_local": self._local(a.started_at),
             "place_zh": where,
             "place_en": where,
             "ack_url": self.ack_url(a.alert_id, actor, now) if a.firing else None,
         }
+
+    def _local(self, iso: str) -> str:
+        """The city's local time, as people on the ground read it: 2026-07-20 20:03 +08:00."""
+        try:
+            t = datetime.fromisoformat(iso).astimezone(self.zone)
+        except ValueError:
+            return iso
+        offset = t.strftime("%z")
+        return f"{t:%Y-%m-%d %H:%M} {offset[:3]}:{offset[3:]}"
 
     def _render(self, name: str, context: Mapping[str, Any]) -> tuple[str, str]:
         text = self.env.get_template(name).render(context)
@@ -184,7 +197,8 @@ class Renderer:
 
     @staticmethod
     def _strip(alert: Mapping[str, Any]) -> dict[str, Any]:
-        return {k: v for k, v in alert.items() if k not in ("place_zh", "place_en", "values_text")}
+        hidden = ("place_zh", "place_en", "values_text", "started_local")
+        return {k: v for k, v in alert.items() if k not in hidden}
 
     def escalation(
         self,

@@ -36,7 +36,12 @@ def retry_policy(settings: Settings) -> RetryPolicy:
 
 def renderer(settings: Settings) -> Renderer:
     secret = settings.link_secret.encode("utf-8") if settings.link_secret else None
-    return Renderer(settings.public_url, secret, timedelta(seconds=settings.link_ttl))
+    return Renderer(
+        settings.public_url,
+        secret,
+        timedelta(seconds=settings.link_ttl),
+        timezone=settings.timezone,
+    )
 
 
 def make_sender(

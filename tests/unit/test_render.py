@@ -114,3 +114,11 @@ def test_escalation_and_dispatch(renderer: Renderer) -> None:
     d = renderer.dispatch(snap(3), "drainage", "pump truck 2 on its way", "en", T0)
     assert d.subject.startswith("[DISPATCHED] Orange alert")
     assert "pump truck 2 on its way" in d.body and "/ack/" in d.body
+
+
+def test_times_are_shown_in_the_city_s_local_time(renderer: Renderer) -> None:
+    m = renderer.group(notice([snap(1)]), "drainage", "zh", T0)
+    assert "开始：2026-07-01 16:00 +08:00" in m.body
+    assert m.data["alerts"][0]["started_at"] == T0.isoformat()
+    utc = Renderer(timezone="UTC").group(notice([snap(1)]), "drainage", "en", T0)
+    assert "since: 2026-07-01 08:00 +00:00" in utc.body
