@@ -150,7 +150,14 @@ def demo(
     _logging(settings)
     try:
         run_demo(settings, console, scenario, speed, duration)
-    except (ServiceError, MigrationError, ProfileError, ScenarioError, SimulatorError) as exc:
+    except (
+        ServiceError,
+        MigrationError,
+        ProfileError,
+        ScenarioError,
+        SimulatorError,
+        RoutingError,
+    ) as exc:
         raise _fail(str(exc)) from None
 
 
