@@ -15,6 +15,7 @@ from types import FrameType
 
 from cityvitals.api_server import ApiServer, build_app
 from cityvitals.db import UpgradeResult, upgrade
+from cityvitals.notify_runtime import Notifications
 from cityvitals.rules_runtime import RuleRuntime
 from cityvitals.services import LocalMosquitto, LocalPostgres
 from cityvitals.settings import Settings
@@ -114,7 +115,8 @@ def ingest_config(settings: Settings, ends: Endpoints) -> IngestConfig:
 
 
 class Platform:
-    """The running platform: schema brought up to date, the ingest loop, the rule engine."""
+    """The running platform: schema brought up to date, the ingest loop, the rule engine,
+    the notifications."""
 
     def __init__(self, settings: Settings, ends: Endpoints):
         self.settings = settings
@@ -136,6 +138,9 @@ class Platform:
             )
         sink = self.rules.submit if self.rules is not None else None
         self.ingest = IngestService(ingest_config(settings, ends), self.profiles, sink)
+        self.notifications: Notifications | None = None
+        if settings.notify_enabled:
+            self.notifications = Notifications(settings, ends.database_url, ends.mqtt_url)
         self._thread: threading.Thread | None = None
         self.api: ApiServer | None = None
         if settings.api_enabled:
@@ -147,6 +152,8 @@ class Platform:
             )
 
     def start(self) -> None:
+        if self.notifications is not None:
+            self.notifications.start()
         if self.api is not None:
             self.api.start()
         if self.rules is not None:
@@ -162,6 +169,8 @@ class Platform:
             self.rules.stop(timeout)
         if self.api is not None:
             self.api.stop()
+        if self.notifications is not None:
+            self.notifications.stop(timeout)
 
     def wait(self) -> None:
         """Block until SIGINT/SIGTERM, then stop cleanly."""

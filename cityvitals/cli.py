@@ -17,12 +17,14 @@ from rich.logging import RichHandler
 from rich.markup import escape
 from rich.table import Table
 
+from alerts.route import RoutingError
 from cityvitals import status as status_view
 from cityvitals.alerts_cli import alerts_app, api, silences_app, tokens_app, users_app
 from cityvitals.api_server import ApiServerError
 from cityvitals.app import Platform, endpoints, recorded_endpoints
 from cityvitals.aqi_cli import aqi
 from cityvitals.db import MigrationError, schema_status, upgrade
+from cityvitals.notify_cli import notifications_app, routes_app
 from cityvitals.rules_cli import rules_app
 from cityvitals.services import ServiceError
 from cityvitals.settings import Settings
@@ -48,6 +50,8 @@ app.add_typer(db_app, name="db")
 app.add_typer(devices_app, name="devices")
 app.add_typer(simulate_app, name="simulate")
 app.add_typer(rules_app, name="rules")
+app.add_typer(routes_app, name="routes")
+app.add_typer(notifications_app, name="notifications")
 app.command("aqi")(aqi)
 app.command("vitals")(vitals)
 app.add_typer(alerts_app, name="alerts")
@@ -127,7 +131,7 @@ def run() -> None:
                 f"stopped: {c.messages} messages, {c.readings} readings stored, "
                 f"{c.duplicates} duplicates, {c.dead_letters} dead letters"
             )
-    except (ServiceError, MigrationError, ProfileError, ApiServerError) as exc:
+    except (ServiceError, MigrationError, ProfileError, ApiServerError, RoutingError) as exc:
         raise _fail(str(exc)) from None
 
 
@@ -155,7 +159,14 @@ def demo(
     _logging(settings)
     try:
         run_demo(settings, console, scenario, speed, duration)
-    except (ServiceError, MigrationError, ProfileError, ScenarioError, SimulatorError) as exc:
+    except (
+        ServiceError,
+        MigrationError,
+        ProfileError,
+        ScenarioError,
+        SimulatorError,
+        RoutingError,
+    ) as exc:
         raise _fail(str(exc)) from None
 
 

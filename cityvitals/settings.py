@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import Field, SecretStr, field_validator
@@ -89,11 +89,6 @@ class Settings(BaseSettings):
     """Base URL of the API as people reach it, for links in messages.
     Unset: http://api_host:api_port."""
 
-    @field_validator("link_secret", "public_url", mode="before")
-    @classmethod
-    def _empty_is_unset(cls, value: Any) -> Any:
-        return None if isinstance(value, str) and not value.strip() else value
-
     @property
     def api_url(self) -> str:
         """Where people reach the API: public_url, else the address it listens on."""
@@ -104,6 +99,34 @@ class Settings(BaseSettings):
 
     # --- end of the HTTP API block -----------------------------------------------------
 
+    # --- notifications (branch notify): routing, outbox, channels ------------------
+    # Ack links in messages use public_url and link_secret of the API block above.
+    notify_enabled: bool = True
+    """Route alerts to teams and deliver notifications (off: alerts are only stored)."""
+    routing_file: Path | None = None
+    """Routing tree and teams (YAML). Unset: the shipped alerts/routing.yaml."""
+    link_ttl: float = Field(default=24 * 3600.0, gt=0)
+    """How long an ack link in a message stays valid."""
+    notify_poll_interval: float = Field(default=1.0, gt=0)
+    """Seconds between notifier steps (new alert events, due groups, escalations)."""
+    sender_poll_interval: float = Field(default=1.0, gt=0)
+    """Seconds the sender waits when the outbox has nothing due."""
+    notify_max_attempts: int = Field(default=8, ge=1, le=100)
+    """Delivery attempts per notification before it is marked failed."""
+    notify_retry_base: float = Field(default=5.0, gt=0)
+    """First retry delay; doubled after each failed attempt…"""
+    notify_retry_max: float = Field(default=1800.0, gt=0)
+    """…up to this."""
+    notify_lease: float = Field(default=300.0, gt=0)
+    """A claimed notification is the sender's this long; longer than any channel time-out."""
+    smtp_host: str = "localhost"
+    smtp_port: int = Field(default=25, ge=1, le=65535)
+    smtp_security: Literal["none", "starttls", "ssl"] = "none"
+    smtp_username: str | None = None
+    smtp_password: str | None = None
+    smtp_from: str = "cityvitals@localhost"
+    smtp_timeout: float = Field(default=20.0, gt=0)
+
     _normalise = field_validator(
         "flush_interval",
         "future_tolerance",
@@ -112,8 +135,27 @@ class Settings(BaseSettings):
         "stats_interval",
         "rules_tick",
         "vitals_interval",
+        "link_ttl",
+        "notify_poll_interval",
+        "sender_poll_interval",
+        "notify_retry_base",
+        "notify_retry_max",
+        "notify_lease",
+        "smtp_timeout",
         mode="before",
     )(_seconds)
+
+    @field_validator(
+        "routing_file",
+        "public_url",
+        "link_secret",
+        "smtp_username",
+        "smtp_password",
+        mode="before",
+    )
+    @classmethod
+    def _empty_is_unset(cls, value: Any) -> Any:
+        return None if isinstance(value, str) and not value.strip() else value
 
     @field_validator("timezone")
     @classmethod

@@ -425,6 +425,7 @@ def test_acl_grants_nothing_to_anonymous_clients() -> None:
         ("cityvitals", "read", "city/d1/rain_gauge/rg-1/telemetry", True),
         ("cityvitals", "read", "$SYS/broker/uptime", True),
         ("cityvitals", "write", "city/d1/rain_gauge/rg-1/telemetry", False),
+        ("cityvitals", "write", "city/control-room/drainage", True),
         ("simulator", "write", "city/d1/rain_gauge/rg-2/telemetry", True),
         ("simulator", "read", "city/d1/rain_gauge/rg-2/telemetry", False),
     ],
