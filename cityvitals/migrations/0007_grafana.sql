@@ -1,0 +1,263 @@
+-- Grafana (dashboards/): a read-only role for its datasource, and the helpers the
+-- dashboards query. The same on plain PostgreSQL and TimescaleDB.
+
+-- The role Grafana's datasource logs in as. Roles belong to the cluster, not the
+-- database, so this is idempotent (several databases of one cluster, test runs).
+-- It can log in only when a password is given: `cityvitals db upgrade` run with
+-- PGOPTIONS='-c cityvitals.grafana_password=…' (docker-compose.yml's `migrate`
+-- service does) sets it; otherwise it stays NOLOGIN until an administrator runs
+-- ALTER ROLE cityvitals_grafana LOGIN PASSWORD '…'.
+DO $$
+DECLARE
+    password text := coalesce(current_setting('cityvitals.grafana_password', true), '');
+BEGIN
+    IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'cityvitals_grafana') THEN
+        CREATE ROLE cityvitals_grafana NOLOGIN;
+    END IF;
+    IF password <> '' THEN
+        EXECUTE format('ALTER ROLE cityvitals_grafana LOGIN PASSWORD %L', password);
+    END IF;
+    EXECUTE format('GRANT CONNECT ON DATABASE %I TO cityvitals_grafana', current_database());
+END
+$$;
+-- Grafana's SQL datasources run whatever a dashboard editor types: a read-only
+-- session and a time limit, whatever the datasource's own settings.
+ALTER ROLE cityvitals_grafana SET default_transaction_read_only = on;
+ALTER ROLE cityvitals_grafana SET statement_timeout = '30s';
+
+GRANT USAGE ON SCHEMA public TO cityvitals_grafana;
+GRANT SELECT ON devices, readings, events, device_status, ingest_stats,
+                readings_1m, readings_1h,
+                alerts, alert_events, rule_state, rule_health, vital_signs,
+                silences, alert_handling_times
+    TO cityvitals_grafana;
+-- Dead letters without their payloads (raw device bytes may carry anything).
+GRANT SELECT (id, received_at, topic, payload_size, reason, detail, device_id)
+    ON dead_letters TO cityvitals_grafana;
+-- Never users or api_tokens.
+
+-- A rule's domain -> the vital-sign domain its alerts count in (rules/vitals.py
+-- RULE_DOMAINS; tests/integration/test_dashboards_sql.py keeps the two equal).
+CREATE FUNCTION cityvitals_vital_domain(rule_domain text) RETURNS text
+LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
+    SELECT CASE rule_domain
+        WHEN 'hydrology' THEN 'flood'
+        WHEN 'meteorology' THEN 'flood'
+        WHEN 'flood' THEN 'flood'
+        WHEN 'drainage' THEN 'drainage'
+        WHEN 'air' THEN 'air'
+        WHEN 'elevator' THEN 'elevators'
+        WHEN 'elevators' THEN 'elevators'
+        WHEN 'noise' THEN 'noise'
+        WHEN 'device_health' THEN 'device_health'
+    END
+$$;
+
+-- The vital-sign domains in display order (rules/vitals.py DOMAINS).
+CREATE FUNCTION cityvitals_vital_domains() RETURNS text[]
+LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
+    SELECT ARRAY['flood', 'drainage', 'air', 'elevators', 'noise', 'device_health']
+$$;
+
+-- The latest stored vital sign of every scope (each district with devices, and
+-- 'city') and domain: one index probe per pair instead of a scan of the history.
+CREATE VIEW vital_signs_latest AS
+SELECT s.scope, d.domain, d.ord AS domain_order, v.level, v.indicators, v.ts
+FROM (SELECT DISTINCT district AS scope FROM devices UNION SELECT 'city') s
+CROSS JOIN unnest(cityvitals_vital_domains()) WITH ORDINALITY AS d (domain, ord)
+CROSS JOIN LATERAL (
+    SELECT vs.level, vs.indicators, vs.ts FROM vital_signs vs
+    WHERE vs.scope = s.scope AND vs.domain = d.domain
+    ORDER BY vs.ts DESC LIMIT 1
+) v;
+
+-- Every device with the worst level among its open (not closed) alerts, 0 when it
+-- has none: the wall screen's map.
+CREATE VIEW device_alert_levels AS
+SELECT d.device_id, d.name, d.profile, d.district, d.lat, d.lon,
+       coalesce(max(a.level), 0)::smallint AS level,
+       count(a.id) AS open_alerts,
+       count(a.id) FILTER (WHERE a.condition = 'firing') AS firing_alerts
+FROM devices d
+LEFT JOIN alerts a ON a.device_id = d.device_id AND a.handling <> 'closed'
+GROUP BY d.device_id;
+
+-- The latest reading of one metric of every device that has one: an index probe
+-- (readings' primary key) per device, fast whatever the history's length.
+CREATE FUNCTION latest_readings(p_metric text)
+RETURNS TABLE (device_id text, ts timestamptz, value double precision)
+LANGUAGE sql STABLE PARALLEL SAFE AS $$
+    SELECT d.device_id, r.ts, r.value
+    FROM devices d
+    CROSS JOIN LATERAL (
+        SELECT rd.ts, rd.value FROM readings rd
+        WHERE rd.device_id = d.device_id AND rd.metric = p_metric
+        ORDER BY rd.ts DESC LIMIT 1
+    ) r
+$$;
+
+-- China AQI (HJ 633-2012 and HJ 633-2026) in SQL, for the air-quality dashboard:
+-- the engine derives `aqi` for its rules but stores none, so Grafana scores the
+-- stored hourly means itself. Breakpoints as in rules/aqi.py (the test compares
+-- the two on a grid of concentrations); IAQI at these indices:
+-- 0, 50, 100, 150, 200, 300, 400, 500.
+CREATE TABLE aqi_breakpoints (
+    rules          text NOT NULL CHECK (rules IN ('2012', '2026')),
+    pollutant      text NOT NULL,
+    averaging      text NOT NULL CHECK (averaging IN ('1h', '8h', '24h')),
+    concentrations numeric[] NOT NULL,
+    PRIMARY KEY (rules, pollutant, averaging)
+);
+INSERT INTO aqi_breakpoints (rules, pollutant, averaging, concentrations) VALUES
+    ('2012', 'so2', '24h', ARRAY[0, 50, 150, 475, 800, 1600, 2100, 2620]),
+    ('2012', 'so2', '1h', ARRAY[0, 150, 500, 650, 800]),
+    ('2012', 'no2', '24h', ARRAY[0, 40, 80, 180, 280, 565, 750, 940]),
+    ('2012', 'no2', '1h', ARRAY[0, 100, 200, 700, 1200, 2340, 3090, 3840]),
+    ('2012', 'co', '24h', ARRAY[0, 2, 4, 14, 24, 36, 48, 60]),
+    ('2012', 'co', '1h', ARRAY[0, 5, 10, 35, 60, 90, 120, 150]),
+    ('2012', 'o3', '8h', ARRAY[0, 100, 160, 215, 265, 800]),
+    ('2012', 'o3', '1h', ARRAY[0, 160, 200, 300, 400, 800, 1000, 1200]),
+    ('2012', 'pm10', '24h', ARRAY[0, 50, 150, 250, 350, 420, 500, 600]),
+    ('2012', 'pm2_5', '24h', ARRAY[0, 35, 75, 115, 150, 250, 350, 500]),
+    ('2026', 'so2', '24h', ARRAY[0, 50, 150, 475, 800, 1600, 2100, 2620]),
+    ('2026', 'so2', '1h', ARRAY[0, 150, 500, 650, 800]),
+    ('2026', 'no2', '24h', ARRAY[0, 40, 80, 180, 280, 565, 750, 940]),
+    ('2026', 'no2', '1h', ARRAY[0, 100, 200, 700, 1200, 2340, 3090, 3840]),
+    ('2026', 'co', '24h', ARRAY[0, 2, 4, 14, 24, 36, 48, 60]),
+    ('2026', 'co', '1h', ARRAY[0, 5, 10, 35, 60, 90, 120, 150]),
+    ('2026', 'o3', '8h', ARRAY[0, 100, 160, 215, 265, 800]),
+    ('2026', 'o3', '1h', ARRAY[0, 160, 200, 300, 400, 800, 1000, 1200]),
+    ('2026', 'pm10', '24h', ARRAY[0, 50, 120, 250, 350, 420, 500, 600]),
+    ('2026', 'pm2_5', '24h', ARRAY[0, 35, 60, 115, 150, 250, 350, 500]);
+GRANT SELECT ON aqi_breakpoints TO cityvitals_grafana;
+
+-- The rule set of an observation: HJ 633-2026 from 2026-03-01 China time.
+CREATE FUNCTION cityvitals_aqi_rules(at timestamptz) RETURNS text
+LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
+    SELECT CASE WHEN at >= TIMESTAMPTZ '2026-03-01 00:00:00+08' THEN '2026' ELSE '2012' END
+$$;
+
+-- One IAQI: linear between breakpoints, rounded up; above the top breakpoint 500,
+-- except SO2 1h and O3 8h above 800 (2012: not scored, NULL; 2026: 200 and 300).
+-- HJ 633-2026 rounds the concentration first (CO to 0.1 mg/m³, others to 1 µg/m³).
+CREATE FUNCTION cityvitals_iaqi(
+    p_rules text, p_pollutant text, p_averaging text, p_value double precision
+) RETURNS integer
+LANGUAGE plpgsql STABLE PARALLEL SAFE AS $$
+DECLARE
+    bps numeric[];
+    iaqis CONSTANT integer[] := ARRAY[0, 50, 100, 150, 200, 300, 400, 500];
+    v numeric;
+    i integer;
+BEGIN
+    IF p_value IS NULL OR p_value < 0 OR p_value = 'NaN'::double precision
+       OR p_value = 'Infinity'::double precision THEN
+        RETURN NULL;
+    END IF;
+    SELECT concentrations INTO bps FROM aqi_breakpoints
+    WHERE rules = p_rules AND pollutant = p_pollutant AND averaging = p_averaging;
+    IF bps IS NULL THEN
+        RAISE EXCEPTION 'no AQI breakpoints for % % % ', p_rules, p_pollutant, p_averaging;
+    END IF;
+    v := p_value::numeric;
+    IF p_rules = '2026' THEN
+        v := round(v, CASE WHEN p_pollutant = 'co' THEN 1 ELSE 0 END);
+    END IF;
+    IF v > bps[array_upper(bps, 1)] THEN
+        IF (p_pollutant, p_averaging) IN (('so2', '1h'), ('o3', '8h')) THEN
+            RETURN CASE WHEN p_rules = '2026'
+                        THEN CASE p_pollutant WHEN 'so2' THEN 200 ELSE 300 END END;
+        END IF;
+        RETURN 500;
+    END IF;
+    IF v <= bps[1] THEN
+        RETURN iaqis[1];
+    END IF;
+    FOR i IN 2 .. array_upper(bps, 1) LOOP
+        IF v <= bps[i] THEN
+            -- Multiply before dividing: exact whenever the true value is an integer.
+            RETURN ceil(((iaqis[i] - iaqis[i - 1]) * (v - bps[i - 1])) / (bps[i] - bps[i - 1])
+                        + iaqis[i - 1]);
+        END IF;
+    END LOOP;
+    RETURN NULL;  -- unreachable
+END
+$$;
+
+-- Hourly AQI of air stations between two instants (hours starting in [p_from, p_to)),
+-- from the 1-hour rollup: the hourly report of HJ 633. SO2, NO2, CO and O3 are
+-- scored on their 1-hour means; PM2.5 and PM10 on their 24-hour moving means under
+-- the 2012 rules and on their 1-hour means under the 2026 rules; SO2 above 800 under
+-- 2012 on its 24-hour moving mean. The rule set is the one of the hour's end.
+-- The primary pollutant(s) (display names, comma-separated) only when AQI > 50.
+CREATE FUNCTION air_quality_hourly(
+    p_from timestamptz, p_to timestamptz, p_profiles text[] DEFAULT ARRAY['air_quality']
+) RETURNS TABLE (
+    bucket timestamptz, device_id text, aqi integer, primary_pollutant text,
+    iaqi_pm2_5 integer, iaqi_pm10 integer, iaqi_so2 integer, iaqi_no2 integer,
+    iaqi_co integer, iaqi_o3 integer
+)
+LANGUAGE sql STABLE PARALLEL SAFE AS $$
+WITH hourly AS (
+    SELECT h.bucket, d.device_id,
+           avg(h.avg_value) FILTER (WHERE h.metric = 'pm2_5') AS pm2_5,
+           avg(h.avg_value) FILTER (WHERE h.metric = 'pm10') AS pm10,
+           avg(h.avg_value) FILTER (WHERE h.metric = 'so2') AS so2,
+           avg(h.avg_value) FILTER (WHERE h.metric = 'no2') AS no2,
+           avg(h.avg_value) FILTER (WHERE h.metric = 'co') AS co,
+           avg(h.avg_value) FILTER (WHERE h.metric = 'o3') AS o3
+    FROM devices d
+    CROSS JOIN LATERAL (
+        SELECT r.bucket, r.metric, r.avg_value FROM readings_1h r
+        WHERE r.device_id = d.device_id
+          AND r.metric IN ('pm2_5', 'pm10', 'so2', 'no2', 'co', 'o3')
+          AND r.bucket >= p_from - INTERVAL '23 hours' AND r.bucket < p_to
+    ) h
+    WHERE d.profile = ANY (p_profiles)
+    GROUP BY h.bucket, d.device_id
+), moving AS (
+    SELECT hourly.*,
+           cityvitals_aqi_rules(hourly.bucket + INTERVAL '1 hour') AS rules,
+           avg(pm2_5) OVER w AS pm2_5_24h,
+           avg(pm10) OVER w AS pm10_24h,
+           avg(so2) OVER w AS so2_24h
+    FROM hourly
+    WINDOW w AS (PARTITION BY hourly.device_id ORDER BY hourly.bucket
+                 RANGE BETWEEN INTERVAL '23 hours' PRECEDING AND CURRENT ROW)
+), scored AS (
+    SELECT m.bucket, m.device_id,
+           cityvitals_iaqi(m.rules, 'pm2_5', '24h',
+                           CASE WHEN m.rules = '2026' THEN m.pm2_5 ELSE m.pm2_5_24h END) AS i_pm2_5,
+           cityvitals_iaqi(m.rules, 'pm10', '24h',
+                           CASE WHEN m.rules = '2026' THEN m.pm10 ELSE m.pm10_24h END) AS i_pm10,
+           CASE WHEN m.rules = '2012' AND m.so2 > 800
+                THEN cityvitals_iaqi(m.rules, 'so2', '24h', m.so2_24h)
+                ELSE cityvitals_iaqi(m.rules, 'so2', '1h', m.so2) END AS i_so2,
+           cityvitals_iaqi(m.rules, 'no2', '1h', m.no2) AS i_no2,
+           cityvitals_iaqi(m.rules, 'co', '1h', m.co) AS i_co,
+           cityvitals_iaqi(m.rules, 'o3', '1h', m.o3) AS i_o3
+    FROM moving m
+    WHERE m.bucket >= p_from
+), best AS (
+    SELECT s.*, greatest(s.i_pm2_5, s.i_pm10, s.i_so2, s.i_no2, s.i_co, s.i_o3) AS aqi
+    FROM scored s
+)
+SELECT b.bucket, b.device_id, b.aqi,
+       CASE WHEN b.aqi > 50 THEN concat_ws(', ',
+           CASE WHEN b.i_pm2_5 = b.aqi THEN 'PM2.5' END,
+           CASE WHEN b.i_pm10 = b.aqi THEN 'PM10' END,
+           CASE WHEN b.i_so2 = b.aqi THEN 'SO2' END,
+           CASE WHEN b.i_no2 = b.aqi THEN 'NO2' END,
+           CASE WHEN b.i_co = b.aqi THEN 'CO' END,
+           CASE WHEN b.i_o3 = b.aqi THEN 'O3' END) END,
+       b.i_pm2_5, b.i_pm10, b.i_so2, b.i_no2, b.i_co, b.i_o3
+FROM best b
+WHERE b.aqi IS NOT NULL
+$$;
+
+GRANT EXECUTE ON FUNCTION cityvitals_vital_domain(text), cityvitals_vital_domains(),
+    latest_readings(text), cityvitals_aqi_rules(timestamptz),
+    cityvitals_iaqi(text, text, text, double precision),
+    air_quality_hourly(timestamptz, timestamptz, text[])
+    TO cityvitals_grafana;
+GRANT SELECT ON vital_signs_latest, device_alert_levels TO cityvitals_grafana;
