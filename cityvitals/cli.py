@@ -20,6 +20,7 @@ from rich.table import Table
 from cityvitals import status as status_view
 from cityvitals.app import Platform, endpoints, recorded_endpoints
 from cityvitals.aqi_cli import aqi
+from cityvitals.dashboards_cli import dashboards_app
 from cityvitals.db import MigrationError, schema_status, upgrade
 from cityvitals.rules_cli import rules_app
 from cityvitals.services import ServiceError
@@ -46,6 +47,7 @@ app.add_typer(db_app, name="db")
 app.add_typer(devices_app, name="devices")
 app.add_typer(simulate_app, name="simulate")
 app.add_typer(rules_app, name="rules")
+app.add_typer(dashboards_app, name="dashboards")
 app.command("aqi")(aqi)
 app.command("vitals")(vitals)
 

@@ -96,6 +96,80 @@ LANGUAGE sql STABLE PARALLEL SAFE AS $$
     ) r
 $$;
 
+-- One device's readings of some metrics between two instants, at the grain a
+-- panel needs: `p_interval_ms` is Grafana's $__interval_ms (the time one point
+-- of the panel stands for). Rows are (bucket start, metric, mean, min, max, sum,
+-- samples); panels regroup them with $__timeGroup and weight means by samples.
+--
+-- With TimescaleDB the source follows the interval: an interval of an hour or
+-- more reads the 1-hour continuous aggregate, of a minute or more the 1-minute
+-- one, else the raw readings — so a year is at most 8,760 rows per device and
+-- metric. The guards are constants once the function is inlined into the
+-- panel's query, so only one branch runs.
+--
+-- On plain PostgreSQL the rollups of 0002 are views that group the whole
+-- readings table: a device or time filter cannot reach the readings' indexes
+-- through their GROUP BY, so every query over them scans all readings. Here the
+-- function therefore aggregates the raw readings itself, through the primary
+-- key (device, metric, time), into buckets of the panel's interval.
+DO $do$
+BEGIN
+    IF EXISTS (SELECT FROM pg_extension WHERE extname = 'timescaledb') THEN
+        EXECUTE $fn$
+        CREATE FUNCTION readings_series(
+            p_device text, p_metrics text[], p_from timestamptz, p_to timestamptz,
+            p_interval_ms bigint
+        ) RETURNS TABLE (
+            t timestamptz, metric text, avg_value double precision, min_value double precision,
+            max_value double precision, sum_value double precision, samples bigint
+        )
+        LANGUAGE sql STABLE PARALLEL SAFE AS $body$
+            SELECT h.bucket, h.metric, h.avg_value, h.min_value, h.max_value, h.sum_value,
+                   h.samples
+            FROM readings_1h h
+            WHERE p_interval_ms >= 3600000
+              AND h.device_id = p_device AND h.metric = ANY (p_metrics)
+              AND h.bucket >= date_bin(INTERVAL '1 hour', p_from, TIMESTAMPTZ '2000-01-01 00:00:00+00')
+              AND h.bucket <= p_to
+            UNION ALL
+            SELECT m.bucket, m.metric, m.avg_value, m.min_value, m.max_value, m.sum_value,
+                   m.samples
+            FROM readings_1m m
+            WHERE p_interval_ms >= 60000 AND p_interval_ms < 3600000
+              AND m.device_id = p_device AND m.metric = ANY (p_metrics)
+              AND m.bucket >= date_bin(INTERVAL '1 minute', p_from, TIMESTAMPTZ '2000-01-01 00:00:00+00')
+              AND m.bucket <= p_to
+            UNION ALL
+            SELECT r.ts, r.metric, r.value, r.value, r.value, r.value, 1::bigint
+            FROM readings r
+            WHERE p_interval_ms < 60000
+              AND r.device_id = p_device AND r.metric = ANY (p_metrics)
+              AND r.ts >= p_from AND r.ts <= p_to
+        $body$
+        $fn$;
+    ELSE
+        EXECUTE $fn$
+        CREATE FUNCTION readings_series(
+            p_device text, p_metrics text[], p_from timestamptz, p_to timestamptz,
+            p_interval_ms bigint
+        ) RETURNS TABLE (
+            t timestamptz, metric text, avg_value double precision, min_value double precision,
+            max_value double precision, sum_value double precision, samples bigint
+        )
+        LANGUAGE sql STABLE PARALLEL SAFE AS $body$
+            SELECT date_bin(make_interval(secs => greatest(p_interval_ms, 1000) / 1000.0),
+                            r.ts, TIMESTAMPTZ '2000-01-01 00:00:00+00'),
+                   r.metric, avg(r.value), min(r.value), max(r.value), sum(r.value), count(*)
+            FROM readings r
+            WHERE r.device_id = p_device AND r.metric = ANY (p_metrics)
+              AND r.ts >= p_from AND r.ts <= p_to
+            GROUP BY 1, 2
+        $body$
+        $fn$;
+    END IF;
+END
+$do$;
+
 -- China AQI (HJ 633-2012 and HJ 633-2026) in SQL, for the air-quality dashboard:
 -- the engine derives `aqi` for its rules but stores none, so Grafana scores the
 -- stored hourly means itself. Breakpoints as in rules/aqi.py (the test compares
@@ -185,7 +259,7 @@ END
 $$;
 
 -- Hourly AQI of air stations between two instants (hours starting in [p_from, p_to)),
--- from the 1-hour rollup: the hourly report of HJ 633. SO2, NO2, CO and O3 are
+-- from hourly means (readings_series at 1 h): the hourly report of HJ 633. SO2, NO2, CO and O3 are
 -- scored on their 1-hour means; PM2.5 and PM10 on their 24-hour moving means under
 -- the 2012 rules and on their 1-hour means under the 2026 rules; SO2 above 800 under
 -- 2012 on its 24-hour moving mean. The rule set is the one of the hour's end.
@@ -208,10 +282,10 @@ WITH hourly AS (
            avg(h.avg_value) FILTER (WHERE h.metric = 'o3') AS o3
     FROM devices d
     CROSS JOIN LATERAL (
-        SELECT r.bucket, r.metric, r.avg_value FROM readings_1h r
-        WHERE r.device_id = d.device_id
-          AND r.metric IN ('pm2_5', 'pm10', 'so2', 'no2', 'co', 'o3')
-          AND r.bucket >= p_from - INTERVAL '23 hours' AND r.bucket < p_to
+        SELECT s.t AS bucket, s.metric, s.sum_value / s.samples AS avg_value
+        FROM readings_series(d.device_id, ARRAY['pm2_5', 'pm10', 'so2', 'no2', 'co', 'o3'],
+                             p_from - INTERVAL '23 hours', p_to, 3600000) s
+        WHERE s.t >= p_from - INTERVAL '23 hours' AND s.t < p_to
     ) h
     WHERE d.profile = ANY (p_profiles)
     GROUP BY h.bucket, d.device_id
@@ -255,9 +329,44 @@ FROM best b
 WHERE b.aqi IS NOT NULL
 $$;
 
+-- Noise (GB 3096-2008): whether an instant is in a monitor's day or night period
+-- (day from its day_start, default 06:00, to its night_start, default 22:00,
+-- local time in `tz`, the platform's CITYVITALS_TIMEZONE), and its LAeq limit
+-- then: its own day_limit_db / night_limit_db, else its zone's. Zone limits as
+-- rules/derived.py NOISE_LIMITS (the tests compare them).
+CREATE FUNCTION cityvitals_noise_period(
+    attrs jsonb, at timestamptz, tz text DEFAULT 'Asia/Shanghai'
+) RETURNS text
+LANGUAGE sql STABLE PARALLEL SAFE AS $$
+    SELECT CASE
+        WHEN CASE WHEN p.day_start <= p.night_start
+                  THEN p.local >= p.day_start AND p.local < p.night_start
+                  ELSE p.local >= p.day_start OR p.local < p.night_start END
+        THEN 'day' ELSE 'night' END
+    FROM (SELECT (at AT TIME ZONE tz)::time AS local,
+                 coalesce(nullif(attrs ->> 'day_start', ''), '06:00')::time AS day_start,
+                 coalesce(nullif(attrs ->> 'night_start', ''), '22:00')::time AS night_start) p
+$$;
+
+CREATE FUNCTION cityvitals_noise_limit(
+    attrs jsonb, at timestamptz, tz text DEFAULT 'Asia/Shanghai'
+) RETURNS double precision
+LANGUAGE sql STABLE PARALLEL SAFE AS $$
+    SELECT CASE cityvitals_noise_period(attrs, at, tz)
+        WHEN 'day' THEN coalesce(nullif(attrs ->> 'day_limit_db', '')::double precision, z.day_db)
+        ELSE coalesce(nullif(attrs ->> 'night_limit_db', '')::double precision, z.night_db)
+    END
+    FROM (SELECT) AS one
+    LEFT JOIN (VALUES ('0', 50, 40), ('1', 55, 45), ('2', 60, 50), ('3', 65, 55),
+                      ('4a', 70, 55), ('4b', 70, 60)) AS z (zone, day_db, night_db)
+        ON z.zone = attrs ->> 'zone'
+$$;
+
 GRANT EXECUTE ON FUNCTION cityvitals_vital_domain(text), cityvitals_vital_domains(),
-    latest_readings(text), cityvitals_aqi_rules(timestamptz),
+    latest_readings(text), readings_series(text, text[], timestamptz, timestamptz, bigint), cityvitals_aqi_rules(timestamptz),
     cityvitals_iaqi(text, text, text, double precision),
-    air_quality_hourly(timestamptz, timestamptz, text[])
+    air_quality_hourly(timestamptz, timestamptz, text[]),
+    cityvitals_noise_period(jsonb, timestamptz, text),
+    cityvitals_noise_limit(jsonb, timestamptz, text)
     TO cityvitals_grafana;
 GRANT SELECT ON vital_signs_latest, device_alert_levels TO cityvitals_grafana;
