@@ -19,7 +19,7 @@ from grafana_foundation_sdk.cog.encoder import JSONEncoder
 from grafana_foundation_sdk.models import dashboard as gm
 
 from alerts.model import Level
-from dashboards.sql import ALL, DATASOURCE_TYPE, PostgresQuery, Sql, var_in
+from dashboards.sql import ALL, DATASOURCE_TYPE, PostgresQuery, Sql, register, var_in
 from rules.aqi import LEVELS as AQI_LEVELS
 
 DATASOURCE_UID = "cityvitals-postgres"
@@ -302,8 +302,16 @@ def finish(dashboard: gd.Dashboard) -> dict[str, Any]:
             inner.id_val = next_id
             next_id += 1
     document: dict[str, Any] = json.loads(json.dumps(model, cls=JSONEncoder))
-    document[GENERATED_KEY] = GENERATED
-    return document
+    # In the SDK's canonical form (every panel's field-config defaults spelled out), so
+    # the file reads back through gm.Dashboard.from_json unchanged. The SDK's
+    # annotation target knows only the built-in annotations' fields: ours are kept.
+    register()
+    canonical: dict[str, Any] = json.loads(
+        json.dumps(gm.Dashboard.from_json(document), cls=JSONEncoder)
+    )
+    canonical["annotations"] = document["annotations"]
+    canonical[GENERATED_KEY] = GENERATED
+    return canonical
 
 
 def render(document: dict[str, Any]) -> str:
