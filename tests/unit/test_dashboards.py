@@ -141,7 +141,9 @@ def test_every_dashboard_has_the_four_variables_and_alert_annotations(
         assert "Alert transitions" in names, name
 
 
-def test_the_wall_screen_links_to_every_domain_dashboard(by_name: dict[str, dict[str, Any]]) -> None:
+def test_the_wall_screen_links_to_every_domain_dashboard(
+    by_name: dict[str, dict[str, Any]],
+) -> None:
     wall = by_name["city-vital-signs"]
     text = json.dumps(wall)
     grid = next(p for p in wall["panels"] if p["title"] == "Districts × domains")
