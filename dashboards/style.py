@@ -220,7 +220,7 @@ WHERE $__timeFilter(e.at)
   AND {var_in("district", "a.district")}
   AND {var_in("domain", "cityvitals_vital_domain(a.domain)")}
   AND {var_in("device", "a.device_id")}
-ORDER BY e.at
+ORDER BY e.at DESC
 LIMIT 2000
 """
 
