@@ -473,8 +473,7 @@ def city_vital_signs() -> dict[str, Any]:
         board = board.link(
             gd.DashboardLink(DOMAIN_TITLES[d])
             .type(gm.DashboardLinkType.LINK)
-            .url(f"/d/{DOMAIN_DASHBOARDS[d]}")
-            .include_vars(True)
+            .url(f"/d/{DOMAIN_DASHBOARDS[d]}?${{district:queryparam}}")
             .keep_time(True)
         )
     for panel in (city, city_domains, online, grid, by_handling, device_map, open_alerts):
@@ -628,6 +627,7 @@ def flood_and_rain() -> dict[str, Any]:
         "Flood and rain",
         "River and channel levels, rain totals and rainstorm signals.",
         profiles=WATER_LEVEL + RAIN_GAUGE,
+        domain="flood",
         tags=["flood"],
     )
     for panel in (
@@ -759,6 +759,7 @@ def drainage() -> dict[str, Any]:
         "Drainage",
         "Sewer and storm-drain fill ratios, surcharges, manhole covers and gas.",
         profiles=DRAINAGE,
+        domain="drainage",
         tags=["drainage"],
     )
     for panel in (
@@ -902,6 +903,7 @@ def air_quality() -> dict[str, Any]:
         profiles=AIR,
         time_from="now-3d",
         refresh="5m",
+        domain="air",
         tags=["air"],
     )
     for panel in (
@@ -1054,6 +1056,7 @@ def elevators() -> dict[str, Any]:
         "Elevator faults and events, trapped passengers and response times, elevators out"
         " of service.",
         profiles=ELEVATOR,
+        domain="elevators",
         tags=["elevators"],
     )
     for panel in (
@@ -1160,6 +1163,7 @@ def noise() -> dict[str, Any]:
         "Noise",
         "Environmental noise against the GB 3096-2008 zone limits, day and night.",
         profiles=NOISE,
+        domain="noise",
         tags=["noise"],
     )
     board = board.with_variable(_timezone_variable())
@@ -1344,6 +1348,7 @@ def device_health() -> dict[str, Any]:
         DOMAIN_DASHBOARDS["device_health"],
         "Device health",
         "Which devices report, which are silent, batteries, and what the ingest rejects.",
+        domain="device_health",
         tags=["device_health"],
     )
     board = board.with_variable(

@@ -136,7 +136,12 @@ class VariableSpec:
     query: str
 
 
-def _query_variable(spec: VariableSpec) -> gd.QueryVariable:
+def _query_variable(spec: VariableSpec, default: str | None = None) -> gd.QueryVariable:
+    current = (
+        gm.VariableOption(selected=True, text=[default], value=[default])
+        if default
+        else gm.VariableOption(selected=True, text=["All"], value=["$__all"])
+    )
     return (
         gd.QueryVariable(spec.name)
         .label(spec.label)
@@ -147,7 +152,7 @@ def _query_variable(spec: VariableSpec) -> gd.QueryVariable:
         .multi(True)
         .include_all(True)
         .all_value(f"'{ALL}'")
-        .current(gm.VariableOption(selected=True, text=["All"], value=["$__all"]))
+        .current(current)
     )
 
 
@@ -179,8 +184,14 @@ def variable_specs(profiles: Sequence[str] | None = None) -> list[VariableSpec]:
     ]
 
 
-def variables(profiles: Sequence[str] | None = None) -> list[cogbuilder.Builder[gm.VariableModel]]:
-    return [_query_variable(spec) for spec in variable_specs(profiles)]
+def variables(
+    profiles: Sequence[str] | None = None, domain: str | None = None
+) -> list[cogbuilder.Builder[gm.VariableModel]]:
+    """The four variables, all on "All" except `domain` on a domain dashboard's own."""
+    return [
+        _query_variable(spec, domain if spec.name == "domain" else None)
+        for spec in variable_specs(profiles)
+    ]
 
 
 # -- annotations ------------------------------------------------------------------------------
@@ -261,11 +272,17 @@ def new_dashboard(
     description: str,
     *,
     profiles: Sequence[str] | None = None,
+    domain: str | None = None,
     time_from: str = "now-24h",
     refresh: str = "1m",
     tags: Sequence[str] = (),
 ) -> gd.Dashboard:
-    """A dashboard in house style: variables, annotations, links to the others."""
+    """A dashboard in house style: variables, annotations, links to the others.
+
+    A domain dashboard's `domain` variable starts on its own vital-sign domain (its
+    alerts and annotations), its profile and device variables list its `profiles`.
+    The links to the others carry the district selection and the time range.
+    """
     return (
         gd.Dashboard(title)
         .uid(uid)
@@ -277,14 +294,13 @@ def new_dashboard(
         .time(time_from, "now")
         .refresh(refresh)
         .timepicker(gd.TimePicker().refresh_intervals(["30s", "1m", "5m", "15m", "1h"]))
-        .variables(variables(profiles))
+        .variables(variables(profiles, domain))
         .annotations([grafana_annotations(), alert_annotations()])
         .link(
             gd.DashboardLink("CityVitals")
             .type(gm.DashboardLinkType.DASHBOARDS)
             .tags([TAG])
             .as_dropdown(True)
-            .include_vars(True)
             .keep_time(True)
         )
     )
