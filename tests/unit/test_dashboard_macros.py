@@ -134,6 +134,6 @@ def test_rollup_series_reads_at_the_panels_interval() -> None:
     assert "readings_series(d.device_id, ARRAY['level_m']" in day
     assert "'2017-04-20T05:06:17Z'::timestamptz" in day
     assert ", 60000) r" in day  # the interval the function picks its source by
-    assert "floor(extract(epoch from r.t)/60)*60 AS \"time\"" in day
+    assert 'floor(extract(epoch from r.t)/60)*60 AS "time"' in day
     with pytest.raises(ValueError, match="aggregate"):
         rollup_series("x", ["m"], "true", aggregate="median")
