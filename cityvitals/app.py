@@ -14,6 +14,7 @@ from pathlib import Path
 from types import FrameType
 
 from cityvitals.db import UpgradeResult, upgrade
+from cityvitals.rollups import RollupRefresher
 from cityvitals.rules_runtime import RuleRuntime
 from cityvitals.services import LocalMosquitto, LocalPostgres
 from cityvitals.settings import Settings
@@ -133,6 +134,11 @@ class Platform:
                 registry_refresh=settings.registry_refresh,
                 timezone=settings.timezone,
             )
+        # Plain PostgreSQL has no continuous aggregates: the platform keeps the hourly
+        # rollup the dashboards read (migration 0007) up to date itself.
+        self.rollups: RollupRefresher | None = None
+        if self.schema.flavor == "plain":
+            self.rollups = RollupRefresher(ends.database_url)
         sink = self.rules.submit if self.rules is not None else None
         self.ingest = IngestService(ingest_config(settings, ends), self.profiles, sink)
         self._thread: threading.Thread | None = None
@@ -140,6 +146,8 @@ class Platform:
     def start(self) -> None:
         if self.rules is not None:
             self.rules.start()
+        if self.rollups is not None:
+            self.rollups.start()
         self._thread = threading.Thread(target=self.ingest.run, name="ingest", daemon=True)
         self._thread.start()
 
@@ -149,6 +157,8 @@ class Platform:
             self._thread.join(timeout)
         if self.rules is not None:
             self.rules.stop(timeout)
+        if self.rollups is not None:
+            self.rollups.stop(timeout)
 
     def wait(self) -> None:
         """Block until SIGINT/SIGTERM, then stop cleanly."""

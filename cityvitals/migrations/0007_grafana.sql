@@ -101,17 +101,21 @@ $$;
 -- of the panel stands for). Rows are (bucket start, metric, mean, min, max, sum,
 -- samples); panels regroup them with $__timeGroup and weight means by samples.
 --
--- With TimescaleDB the source follows the interval: an interval of an hour or
--- more reads the 1-hour continuous aggregate, of a minute or more the 1-minute
--- one, else the raw readings — so a year is at most 8,760 rows per device and
--- metric. The guards are constants once the function is inlined into the
--- panel's query, so only one branch runs.
+-- The source: hourly rollups when a point stands for an hour or more, or the
+-- range is longer than 3 days (a month is then 720 rows per device and metric,
+-- a year 8,760); with TimescaleDB the 1-minute continuous aggregate when a
+-- point stands for a minute or more; else the raw readings. The conditions are
+-- constants once the function is inlined into the panel's query, so only one
+-- branch runs.
 --
 -- On plain PostgreSQL the rollups of 0002 are views that group the whole
 -- readings table: a device or time filter cannot reach the readings' indexes
--- through their GROUP BY, so every query over them scans all readings. Here the
--- function therefore aggregates the raw readings itself, through the primary
--- key (device, metric, time), into buckets of the panel's interval.
+-- through their GROUP BY, so every query over them reads all readings. There the
+-- hourly rollup is materialized instead: the table readings_hourly, brought up to
+-- date by cityvitals_refresh_rollups() (the platform calls it every few minutes,
+-- `cityvitals db refresh-rollups` by hand), and readings_series adds the hours
+-- not yet materialized from the raw readings, like a real-time aggregate. Below
+-- an hour it aggregates the raw readings through their primary key.
 DO $do$
 BEGIN
     IF EXISTS (SELECT FROM pg_extension WHERE extname = 'timescaledb') THEN
@@ -127,7 +131,7 @@ BEGIN
             SELECT h.bucket, h.metric, h.avg_value, h.min_value, h.max_value, h.sum_value,
                    h.samples
             FROM readings_1h h
-            WHERE p_interval_ms >= 3600000
+            WHERE (p_interval_ms >= 3600000 OR p_to - p_from > INTERVAL '3 days')
               AND h.device_id = p_device AND h.metric = ANY (p_metrics)
               AND h.bucket >= date_bin(INTERVAL '1 hour', p_from, TIMESTAMPTZ '2000-01-01 00:00:00+00')
               AND h.bucket <= p_to
@@ -135,19 +139,79 @@ BEGIN
             SELECT m.bucket, m.metric, m.avg_value, m.min_value, m.max_value, m.sum_value,
                    m.samples
             FROM readings_1m m
-            WHERE p_interval_ms >= 60000 AND p_interval_ms < 3600000
+            WHERE NOT (p_interval_ms >= 3600000 OR p_to - p_from > INTERVAL '3 days')
+              AND p_interval_ms >= 60000
               AND m.device_id = p_device AND m.metric = ANY (p_metrics)
               AND m.bucket >= date_bin(INTERVAL '1 minute', p_from, TIMESTAMPTZ '2000-01-01 00:00:00+00')
               AND m.bucket <= p_to
             UNION ALL
             SELECT r.ts, r.metric, r.value, r.value, r.value, r.value, 1::bigint
             FROM readings r
-            WHERE p_interval_ms < 60000
+            WHERE NOT (p_interval_ms >= 3600000 OR p_to - p_from > INTERVAL '3 days')
+              AND p_interval_ms < 60000
               AND r.device_id = p_device AND r.metric = ANY (p_metrics)
               AND r.ts >= p_from AND r.ts <= p_to
         $body$
         $fn$;
     ELSE
+        CREATE TABLE readings_hourly (
+            bucket    timestamptz NOT NULL,
+            device_id text NOT NULL,
+            metric    text NOT NULL,
+            avg_value double precision NOT NULL,
+            min_value double precision NOT NULL,
+            max_value double precision NOT NULL,
+            sum_value double precision NOT NULL,
+            samples   bigint NOT NULL,
+            PRIMARY KEY (device_id, metric, bucket)
+        );
+        CREATE INDEX readings_hourly_bucket ON readings_hourly USING brin (bucket);
+        COMMENT ON TABLE readings_hourly IS
+            'Plain PostgreSQL only: readings_1h materialized up to rollup_state.materialized_until.';
+        CREATE TABLE rollup_state (
+            name               text PRIMARY KEY,
+            materialized_until timestamptz NOT NULL,
+            refreshed_at       timestamptz
+        );
+        INSERT INTO rollup_state (name, materialized_until) VALUES ('readings_hourly', '-infinity');
+
+        -- Materialize the hours completed by p_until that are not yet, and again the
+        -- p_lookback before them (readings that arrive late). Returns the rows written.
+        -- Readings older than that when they arrive stay out of readings_hourly, as
+        -- they stay out of a continuous aggregate outside its refresh window.
+        EXECUTE $fn$
+        CREATE FUNCTION cityvitals_refresh_rollups(
+            p_until timestamptz DEFAULT now(), p_lookback interval DEFAULT INTERVAL '2 hours'
+        ) RETURNS bigint
+        LANGUAGE plpgsql AS $body$
+        DECLARE
+            upto timestamptz := date_bin(INTERVAL '1 hour', p_until,
+                                         TIMESTAMPTZ '2000-01-01 00:00:00+00');
+            done timestamptz;
+            since timestamptz;
+            written bigint;
+        BEGIN
+            SELECT materialized_until INTO done FROM rollup_state
+            WHERE name = 'readings_hourly' FOR UPDATE;
+            IF upto <= done THEN
+                RETURN 0;
+            END IF;
+            since := CASE WHEN done = '-infinity' THEN done ELSE done - p_lookback END;
+            DELETE FROM readings_hourly WHERE bucket >= since AND bucket < upto;
+            INSERT INTO readings_hourly
+            SELECT date_bin(INTERVAL '1 hour', ts, TIMESTAMPTZ '2000-01-01 00:00:00+00'),
+                   device_id, metric, avg(value), min(value), max(value), sum(value), count(*)
+            FROM readings
+            WHERE ts >= since AND ts < upto
+            GROUP BY 1, 2, 3;
+            GET DIAGNOSTICS written = ROW_COUNT;
+            UPDATE rollup_state SET materialized_until = upto, refreshed_at = now()
+            WHERE name = 'readings_hourly';
+            RETURN written;
+        END
+        $body$
+        $fn$;
+
         EXECUTE $fn$
         CREATE FUNCTION readings_series(
             p_device text, p_metrics text[], p_from timestamptz, p_to timestamptz,
@@ -157,15 +221,33 @@ BEGIN
             max_value double precision, sum_value double precision, samples bigint
         )
         LANGUAGE sql STABLE PARALLEL SAFE AS $body$
-            SELECT date_bin(make_interval(secs => greatest(p_interval_ms, 1000) / 1000.0),
-                            r.ts, TIMESTAMPTZ '2000-01-01 00:00:00+00'),
+            SELECT h.bucket, h.metric, h.avg_value, h.min_value, h.max_value, h.sum_value,
+                   h.samples
+            FROM readings_hourly h
+            WHERE (p_interval_ms >= 3600000 OR p_to - p_from > INTERVAL '3 days')
+              AND h.device_id = p_device AND h.metric = ANY (p_metrics)
+              AND h.bucket >= date_bin(INTERVAL '1 hour', p_from, TIMESTAMPTZ '2000-01-01 00:00:00+00')
+              AND h.bucket <= p_to
+              AND h.bucket < (SELECT materialized_until FROM rollup_state
+                              WHERE name = 'readings_hourly')
+            UNION ALL
+            SELECT date_bin(CASE WHEN p_interval_ms >= 3600000
+                                      OR p_to - p_from > INTERVAL '3 days'
+                                 THEN INTERVAL '1 hour'
+                                 ELSE make_interval(secs => greatest(p_interval_ms, 1000) / 1000.0)
+                            END, r.ts, TIMESTAMPTZ '2000-01-01 00:00:00+00'),
                    r.metric, avg(r.value), min(r.value), max(r.value), sum(r.value), count(*)
             FROM readings r
             WHERE r.device_id = p_device AND r.metric = ANY (p_metrics)
               AND r.ts >= p_from AND r.ts <= p_to
+              AND (NOT (p_interval_ms >= 3600000 OR p_to - p_from > INTERVAL '3 days')
+                   OR r.ts >= (SELECT materialized_until FROM rollup_state
+                               WHERE name = 'readings_hourly'))
             GROUP BY 1, 2
         $body$
         $fn$;
+        REVOKE EXECUTE ON FUNCTION cityvitals_refresh_rollups(timestamptz, interval) FROM PUBLIC;
+        GRANT SELECT ON readings_hourly, rollup_state TO cityvitals_grafana;
     END IF;
 END
 $do$;

@@ -4,7 +4,8 @@ The scenario's fleet is played offline (no broker): its messages go through the
 ingest's decoder and batch writer into `readings`, `events` and `device_status`,
 the readings and events through the rule engine with the default rules, whose
 transitions become `alerts` / `alert_events` (alerts/store.py) and whose vital
-signs are stored on change (rules/store.py) — the same code the platform runs.
+signs are stored on change (rules/store.py) — the same code the platform runs —
+and the hourly rollup is materialized as the platform's refresher does.
 Some alerts are then acknowledged, dispatched and closed by a team, so the
 handling panels have something to show.
 """
@@ -17,6 +18,7 @@ from datetime import datetime, timedelta
 import psycopg
 
 from alerts.store import record_transitions
+from cityvitals.rollups import refresh_rollups
 from devices.profile import load_profiles
 from devices.registry_store import upsert_devices
 from ingest.decode import MessageDecoder
@@ -107,6 +109,7 @@ def play_into(
             seen[d.device_id] = max(seen.get(d.device_id, d.readings[-1].ts), d.readings[-1].ts)
     flush(end)
     writer.close()
+    refresh_rollups(url)  # as the platform does every few minutes (plain PostgreSQL)
     with conn:
         _handle_some(conn, end)
         row = conn.execute("SELECT count(*) FROM alerts").fetchone()

@@ -13,9 +13,10 @@ from __future__ import annotations
 import itertools
 import math
 import re
+import time
 import uuid
 from collections.abc import Iterator
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import psycopg
@@ -278,7 +279,7 @@ def test_the_timescaledb_readings_series_agrees_with_the_plain_one(
     url, played = scenario
     text = (MIGRATIONS / "0007_grafana.sql").read_text()
     variants = re.findall(r"EXECUTE \$fn\$(.*?)\$fn\$;", text, re.S)
-    assert len(variants) == 2 and "readings_1h" in variants[0]
+    assert len(variants) == 3 and "readings_1h" in variants[0]  # then the plain ones
     timescale = variants[0].replace("FUNCTION readings_series(", "FUNCTION readings_series_ts(")
     query = """
         SELECT s.t, s.metric, round(s.sum_value::numeric, 6), s.samples,
@@ -323,3 +324,88 @@ def test_the_benchmark_runs_on_a_small_city(postgres: LocalPostgres) -> None:
     finally:
         with psycopg.connect(postgres.url("postgres"), autocommit=True) as conn:
             conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+
+
+def test_the_materialized_hourly_rollup_equals_the_view(scenario: tuple[str, Played]) -> None:
+    """Plain PostgreSQL: readings_hourly, as the platform's refresher leaves it, holds
+    what the readings_1h view computes, and readings_series reads it over long ranges."""
+    url, played = scenario
+    with psycopg.connect(url) as conn:
+        view = conn.execute(
+            "SELECT bucket, device_id, metric, samples, round(sum_value::numeric, 6)"
+            " FROM readings_1h ORDER BY 1, 2, 3"
+        ).fetchall()
+        table = conn.execute(
+            "SELECT bucket, device_id, metric, samples, round(sum_value::numeric, 6)"
+            " FROM readings_hourly ORDER BY 1, 2, 3"
+        ).fetchall()
+        assert view and table == view
+        month = (played.end - timedelta(days=30), played.end, 1_800_000)
+        series = conn.execute(
+            "SELECT s.t, s.metric, s.samples FROM devices d CROSS JOIN LATERAL"
+            " readings_series(d.device_id, ARRAY['level_m'], %s, %s, %s) s"
+            " WHERE d.profile = 'water_level' ORDER BY d.device_id, 1",
+            month,
+        ).fetchall()
+        assert series and all(t.minute == 0 for t, _, _ in series)  # hourly buckets
+        plan = "\n".join(
+            r[0]
+            for r in conn.execute(
+                "EXPLAIN SELECT * FROM readings_series('x', ARRAY['level_m'], %s, %s, %s)", month
+            )
+        )
+        assert "readings_hourly" in plan
+
+
+def test_readings_after_the_last_refresh_are_read_raw_until_the_next(database: str) -> None:
+    from cityvitals.rollups import RollupRefresher, refresh_rollups
+
+    hour = datetime(2026, 5, 1, 10, tzinfo=UTC)
+    with psycopg.connect(database) as conn:
+        conn.execute(
+            "INSERT INTO devices (device_id, profile, district) VALUES ('w1', 'water_level', '1')"
+        )
+        conn.execute(
+            "INSERT INTO readings (ts, device_id, metric, value)"
+            " SELECT %s + make_interval(mins => m), 'w1', 'level_m', m"
+            " FROM generate_series(0, 179) m",
+            (hour,),
+        )
+    args = (hour - timedelta(days=4), hour + timedelta(hours=3), 3_600_000)
+    query = "SELECT t, samples, sum_value FROM readings_series('w1', ARRAY['level_m'], %s, %s, %s)"
+
+    def series() -> list[tuple[Any, ...]]:
+        with psycopg.connect(database) as conn:
+            return sorted(conn.execute(query, args).fetchall())
+
+    expected = [
+        (hour + timedelta(hours=h), 60, float(sum(range(60 * h, 60 * h + 60)))) for h in range(3)
+    ]
+    assert series() == expected  # nothing materialized yet: all raw
+    with psycopg.connect(database, autocommit=True) as conn:
+        assert conn.execute(
+            "SELECT cityvitals_refresh_rollups(%s)", (hour + timedelta(hours=2, minutes=5),)
+        ).fetchone() == (2,)
+        assert conn.execute(
+            "SELECT cityvitals_refresh_rollups(%s)", (hour + timedelta(hours=2, minutes=30),)
+        ).fetchone() == (0,)  # no new hour completed
+    assert series() == expected  # two hours materialized, the third raw
+    # A late reading in a materialized hour, within the look-back: counted at the next hour.
+    with psycopg.connect(database) as conn:
+        conn.execute(
+            "INSERT INTO readings (ts, device_id, metric, value)"
+            " VALUES (%s, 'w1', 'level_m', 1000)",
+            (hour + timedelta(hours=1, seconds=30),),
+        )
+    assert refresh_rollups(database) > 0  # now() is past every hour here
+    late = series()
+    assert late[1][1:] == (61, expected[1][2] + 1000)
+    refresher = RollupRefresher(database, interval=0.05)
+    refresher.start()
+    try:
+        deadline = time.monotonic() + 10
+        while refresher.refreshes < 2 and time.monotonic() < deadline:
+            time.sleep(0.05)
+    finally:
+        refresher.stop()
+    assert refresher.refreshes >= 2 and refresher.last_error is None
