@@ -21,7 +21,7 @@ from grafana_foundation_sdk.models import common as cm
 from grafana_foundation_sdk.models import dashboard as gm
 
 from alerts.model import Level
-from dashboards.sql import rollup_series, var_in
+from dashboards.sql import ALL, rollup_series, var_in
 from dashboards.style import (
     DATASOURCE,
     HANDLING_STATES,
@@ -63,6 +63,11 @@ DOMAIN_TITLES = {
 ALERTS_UID = "cityvitals-alerts"
 WALL_UID = "cityvitals-wall"
 
+RAIN_24H = """(SELECT sum(x.value) FROM readings x
+        WHERE x.device_id = d2.device_id AND x.metric = 'rain_mm'
+          AND x.ts > $__timeTo()::timestamptz - INTERVAL '24 hours'
+          AND x.ts <= $__timeTo()::timestamptz)"""
+"""A rain gauge's total over the 24 hours up to the end of the range (scores `d2`)."""
 WATER_LEVEL = ("water_level",)
 RAIN_GAUGE = ("rain_gauge",)
 DRAINAGE = ("drainage",)
@@ -114,6 +119,23 @@ def latest_as_of(metric: str, alias: str, device: str = "d.device_id") -> str:
     WHERE x.device_id = {device} AND x.metric = '{metric}' AND x.ts <= $__timeTo()::timestamptz
     ORDER BY x.ts DESC LIMIT 1
 ) {alias} ON true"""
+
+
+TOP = 20
+"""Series a domain time-series panel draws when the device variable is "All"."""
+
+
+def top_devices(profiles: Sequence[str], metric: str, score: str = "l.value", n: int = TOP) -> str:
+    """With the device variable on "All": only the `n` devices of `profiles` (and the
+    other variables) whose latest `metric` at the range's end scores highest (`score`
+    over `l.value` and the device `d2`); with devices selected: those. Hundreds of
+    series help no one on a wall, and the panel stays fast over long ranges."""
+    return f"""('{ALL}' NOT IN ($device) OR d.device_id IN (
+    SELECT d2.device_id FROM devices d2
+    {latest_as_of(metric, "l", "d2.device_id")}
+    WHERE {_in("d2.profile", profiles)} AND {device_filter("d2")}
+    ORDER BY {score} DESC NULLS LAST, d2.device_id
+    LIMIT {n}))"""
 
 
 def _attr(name: str, alias: str = "d") -> str:
@@ -490,9 +512,16 @@ def flood_and_rain() -> dict[str, Any]:
     1/3/6/12/24 h, and the rainstorm signal they amount to."""
     gauges = f"{_in('d.profile', WATER_LEVEL)} AND {device_filter()}"
     rain = f"{_in('d.profile', RAIN_GAUGE)} AND {device_filter()}"
+    nearest_warning = top_devices(
+        WATER_LEVEL, "level_m", f"l.value / nullif({_attr('warning_level_m', 'd2')}, 0)"
+    )
     levels = _ts_panel(
         "Water levels",
-        rollup_series("d.device_id AS metric", ["level_m"], gauges),
+        rollup_series(
+            "d.device_id AS metric",
+            ["level_m"],
+            f"{gauges} AND {nearest_warning}",
+        ),
         f"""
         SELECT v.t AS time, d.device_id || ' ' || k.kind AS metric,
                nullif(d.attributes ->> k.attr, '')::double precision AS value
@@ -501,11 +530,13 @@ def flood_and_rain() -> dict[str, Any]:
              AS k (kind, attr)
         CROSS JOIN (VALUES ($__timeFrom()::timestamptz), ($__timeTo()::timestamptz)) AS v (t)
         WHERE d.attributes ->> k.attr IS NOT NULL AND {gauges}
+          AND {nearest_warning}
         ORDER BY 1
         """,
         unit="lengthm",
-        description="Each gauge's level; dashed: its warning (yellow) and guaranteed (orange)"
-        " levels.",
+        description=f"Each gauge's level (with all gauges selected: the {TOP} nearest their"
+        " warning level at the end of the range); dashed: its warning (yellow) and guaranteed"
+        " (orange) levels.",
     )
     for kind, lv in (("warning", Level.YELLOW), ("guaranteed", Level.ORANGE)):
         levels = levels.override_by_regexp(
@@ -615,7 +646,12 @@ def flood_and_rain() -> dict[str, Any]:
         _bars(
             _ts_panel(
                 "Rain per interval",
-                rollup_series("d.device_id AS metric", ["rain_mm"], rain, aggregate="sum"),
+                rollup_series(
+                    "d.device_id AS metric",
+                    ["rain_mm"],
+                    f"{rain} AND {top_devices(RAIN_GAUGE, 'rain_mm', RAIN_24H)}",
+                    aggregate="sum",
+                ),
                 unit="lengthmm",
             )
         )
@@ -651,9 +687,15 @@ def drainage() -> dict[str, Any]:
     fill = (
         _ts_panel(
             "Fill ratio",
-            rollup_series("d.device_id AS metric", ["fill_ratio"], monitors, aggregate="max"),
+            rollup_series(
+                "d.device_id AS metric",
+                ["fill_ratio"],
+                f"{monitors} AND {top_devices(DRAINAGE, 'fill_ratio')}",
+                aggregate="max",
+            ),
             unit="percentunit",
-            description="Highest fill ratio per interval; above 1.0 (red line) the pipe is"
+            description=f"Highest fill ratio per interval (with all monitors selected: the {TOP}"
+            " fullest pipes at the end of the range); above 1.0 (red line) the pipe is"
             " surcharged.",
         )
         .thresholds(
@@ -730,10 +772,11 @@ def drainage() -> dict[str, Any]:
             rollup_series(
                 "d.device_id || ' ' || r.metric AS metric",
                 ["ch4_pct_lel", "h2s_ppm"],
-                monitors,
+                f"{monitors} AND {top_devices(DRAINAGE, 'ch4_pct_lel')}",
                 aggregate="max",
             ),
-            description="Highest CH4 (%LEL) and H2S (ppm) per interval.",
+            description=f"Highest CH4 (%LEL) and H2S (ppm) per interval (with all monitors"
+            f" selected: the {TOP} with the most methane at the end of the range).",
         )
         .height(9)
         .span(12)
@@ -1081,7 +1124,14 @@ def noise() -> dict[str, Any]:
     monitors = f"{_in('d.profile', NOISE)} AND {device_filter()}"
     laeq = _ts_panel(
         "LAeq against zone limits",
-        rollup_series("d.device_id AS metric", ["laeq_db"], monitors),
+        rollup_series(
+            "d.device_id AS metric",
+            ["laeq_db"],
+            f"{monitors} AND "
+            + top_devices(
+                NOISE, "laeq_db", "l.value - cityvitals_noise_limit(d2.attributes, l.ts, '$tz')"
+            ),
+        ),
         f"""
         SELECT g.t AS time, 'zone ' || z.zone || ' limit' AS metric,
                cityvitals_noise_limit(jsonb_build_object('zone', z.zone), g.t, '$tz') AS value
@@ -1093,7 +1143,9 @@ def noise() -> dict[str, Any]:
         ORDER BY 1
         """,
         unit="dB",
-        description="Mean LAeq per interval; dashed: the GB 3096-2008 day/night limit of each"
+        description=f"Mean LAeq per interval (with all monitors selected: the {TOP} furthest"
+        " above their limit at the end of the range); dashed: the GB 3096-2008 day/night limit"
+        " of each"
         " zone present.",
     )
     laeq = (
