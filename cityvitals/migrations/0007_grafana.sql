@@ -254,38 +254,30 @@ $do$;
 
 -- China AQI (HJ 633-2012 and HJ 633-2026) in SQL, for the air-quality dashboard:
 -- the engine derives `aqi` for its rules but stores none, so Grafana scores the
--- stored hourly means itself. Breakpoints as in rules/aqi.py (the test compares
--- the two on a grid of concentrations); IAQI at these indices:
--- 0, 50, 100, 150, 200, 300, 400, 500.
-CREATE TABLE aqi_breakpoints (
-    rules          text NOT NULL CHECK (rules IN ('2012', '2026')),
-    pollutant      text NOT NULL,
-    averaging      text NOT NULL CHECK (averaging IN ('1h', '8h', '24h')),
-    concentrations numeric[] NOT NULL,
-    PRIMARY KEY (rules, pollutant, averaging)
-);
-INSERT INTO aqi_breakpoints (rules, pollutant, averaging, concentrations) VALUES
-    ('2012', 'so2', '24h', ARRAY[0, 50, 150, 475, 800, 1600, 2100, 2620]),
-    ('2012', 'so2', '1h', ARRAY[0, 150, 500, 650, 800]),
-    ('2012', 'no2', '24h', ARRAY[0, 40, 80, 180, 280, 565, 750, 940]),
-    ('2012', 'no2', '1h', ARRAY[0, 100, 200, 700, 1200, 2340, 3090, 3840]),
-    ('2012', 'co', '24h', ARRAY[0, 2, 4, 14, 24, 36, 48, 60]),
-    ('2012', 'co', '1h', ARRAY[0, 5, 10, 35, 60, 90, 120, 150]),
-    ('2012', 'o3', '8h', ARRAY[0, 100, 160, 215, 265, 800]),
-    ('2012', 'o3', '1h', ARRAY[0, 160, 200, 300, 400, 800, 1000, 1200]),
-    ('2012', 'pm10', '24h', ARRAY[0, 50, 150, 250, 350, 420, 500, 600]),
-    ('2012', 'pm2_5', '24h', ARRAY[0, 35, 75, 115, 150, 250, 350, 500]),
-    ('2026', 'so2', '24h', ARRAY[0, 50, 150, 475, 800, 1600, 2100, 2620]),
-    ('2026', 'so2', '1h', ARRAY[0, 150, 500, 650, 800]),
-    ('2026', 'no2', '24h', ARRAY[0, 40, 80, 180, 280, 565, 750, 940]),
-    ('2026', 'no2', '1h', ARRAY[0, 100, 200, 700, 1200, 2340, 3090, 3840]),
-    ('2026', 'co', '24h', ARRAY[0, 2, 4, 14, 24, 36, 48, 60]),
-    ('2026', 'co', '1h', ARRAY[0, 5, 10, 35, 60, 90, 120, 150]),
-    ('2026', 'o3', '8h', ARRAY[0, 100, 160, 215, 265, 800]),
-    ('2026', 'o3', '1h', ARRAY[0, 160, 200, 300, 400, 800, 1000, 1200]),
-    ('2026', 'pm10', '24h', ARRAY[0, 50, 120, 250, 350, 420, 500, 600]),
-    ('2026', 'pm2_5', '24h', ARRAY[0, 35, 60, 115, 150, 250, 350, 500]);
-GRANT SELECT ON aqi_breakpoints TO cityvitals_grafana;
+-- stored hourly means itself. Breakpoints as rules/aqi.py BREAKPOINTS (the tests
+-- compare the two functions on a grid of concentrations), at the IAQI values
+-- 0, 50, 100, 150, 200, 300, 400, 500; HJ 633-2026 lowers the PM10 and PM2.5
+-- IAQI-100 breakpoints to 120 and 60.
+CREATE FUNCTION cityvitals_aqi_breakpoints(p_rules text, p_pollutant text, p_averaging text)
+RETURNS numeric[]
+LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
+    SELECT CASE p_pollutant || ' ' || p_averaging
+        WHEN 'so2 24h' THEN '{0, 50, 150, 475, 800, 1600, 2100, 2620}'::numeric[]
+        WHEN 'so2 1h' THEN '{0, 150, 500, 650, 800}'::numeric[]
+        WHEN 'no2 24h' THEN '{0, 40, 80, 180, 280, 565, 750, 940}'::numeric[]
+        WHEN 'no2 1h' THEN '{0, 100, 200, 700, 1200, 2340, 3090, 3840}'::numeric[]
+        WHEN 'co 24h' THEN '{0, 2, 4, 14, 24, 36, 48, 60}'::numeric[]
+        WHEN 'co 1h' THEN '{0, 5, 10, 35, 60, 90, 120, 150}'::numeric[]
+        WHEN 'o3 8h' THEN '{0, 100, 160, 215, 265, 800}'::numeric[]
+        WHEN 'o3 1h' THEN '{0, 160, 200, 300, 400, 800, 1000, 1200}'::numeric[]
+        WHEN 'pm10 24h' THEN CASE p_rules
+            WHEN '2026' THEN '{0, 50, 120, 250, 350, 420, 500, 600}'::numeric[]
+            WHEN '2012' THEN '{0, 50, 150, 250, 350, 420, 500, 600}'::numeric[] END
+        WHEN 'pm2_5 24h' THEN CASE p_rules
+            WHEN '2026' THEN '{0, 35, 60, 115, 150, 250, 350, 500}'::numeric[]
+            WHEN '2012' THEN '{0, 35, 75, 115, 150, 250, 350, 500}'::numeric[] END
+    END
+$$;
 
 -- The rule set of an observation: HJ 633-2026 from 2026-03-01 China time.
 CREATE FUNCTION cityvitals_aqi_rules(at timestamptz) RETURNS text
@@ -293,50 +285,49 @@ LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
     SELECT CASE WHEN at >= TIMESTAMPTZ '2026-03-01 00:00:00+08' THEN '2026' ELSE '2012' END
 $$;
 
--- One IAQI: linear between breakpoints, rounded up; above the top breakpoint 500,
+-- One IAQI from a breakpoint array `b` (at the IAQI values 0, 50, 100, 150, 200,
+-- 300, 400, 500) and a concentration `x`: linear between breakpoints, rounded up;
+-- `above` beyond the top breakpoint. A single expression, so PostgreSQL inlines it
+-- into air_quality_hourly (millions of calls over a month of stations).
+CREATE FUNCTION cityvitals_iaqi_in(b numeric[], x numeric, above integer) RETURNS integer
+LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
+    SELECT CASE
+        WHEN x IS NULL THEN NULL
+        WHEN x > b[cardinality(b)] THEN above
+        WHEN x <= b[1] THEN 0
+        WHEN x = b[width_bucket(x, b)] THEN ('{0, 50, 100, 150, 200, 300, 400, 500}'::integer[])[width_bucket(x, b)]
+        -- Multiply before dividing: exact whenever the true value is an integer.
+        ELSE ceil(((('{0, 50, 100, 150, 200, 300, 400, 500}'::integer[])[width_bucket(x, b) + 1] - ('{0, 50, 100, 150, 200, 300, 400, 500}'::integer[])[width_bucket(x, b)]) * (x - b[width_bucket(x, b)]))
+                  / (b[width_bucket(x, b) + 1] - b[width_bucket(x, b)]) + ('{0, 50, 100, 150, 200, 300, 400, 500}'::integer[])[width_bucket(x, b)])::integer
+    END
+$$;
+
+-- One IAQI by rule set, pollutant and averaging: above the top breakpoint 500,
 -- except SO2 1h and O3 8h above 800 (2012: not scored, NULL; 2026: 200 and 300).
 -- HJ 633-2026 rounds the concentration first (CO to 0.1 mg/m³, others to 1 µg/m³).
 CREATE FUNCTION cityvitals_iaqi(
     p_rules text, p_pollutant text, p_averaging text, p_value double precision
 ) RETURNS integer
-LANGUAGE plpgsql STABLE PARALLEL SAFE AS $$
+LANGUAGE plpgsql IMMUTABLE PARALLEL SAFE AS $$
 DECLARE
-    bps numeric[];
-    iaqis CONSTANT integer[] := ARRAY[0, 50, 100, 150, 200, 300, 400, 500];
+    bps numeric[] := cityvitals_aqi_breakpoints(p_rules, p_pollutant, p_averaging);
     v numeric;
-    i integer;
 BEGIN
+    IF bps IS NULL OR p_rules NOT IN ('2012', '2026') THEN
+        RAISE EXCEPTION 'no AQI breakpoints for % % %', p_rules, p_pollutant, p_averaging;
+    END IF;
     IF p_value IS NULL OR p_value < 0 OR p_value = 'NaN'::double precision
        OR p_value = 'Infinity'::double precision THEN
         RETURN NULL;
-    END IF;
-    SELECT concentrations INTO bps FROM aqi_breakpoints
-    WHERE rules = p_rules AND pollutant = p_pollutant AND averaging = p_averaging;
-    IF bps IS NULL THEN
-        RAISE EXCEPTION 'no AQI breakpoints for % % % ', p_rules, p_pollutant, p_averaging;
     END IF;
     v := p_value::numeric;
     IF p_rules = '2026' THEN
         v := round(v, CASE WHEN p_pollutant = 'co' THEN 1 ELSE 0 END);
     END IF;
-    IF v > bps[array_upper(bps, 1)] THEN
-        IF (p_pollutant, p_averaging) IN (('so2', '1h'), ('o3', '8h')) THEN
-            RETURN CASE WHEN p_rules = '2026'
-                        THEN CASE p_pollutant WHEN 'so2' THEN 200 ELSE 300 END END;
-        END IF;
-        RETURN 500;
-    END IF;
-    IF v <= bps[1] THEN
-        RETURN iaqis[1];
-    END IF;
-    FOR i IN 2 .. array_upper(bps, 1) LOOP
-        IF v <= bps[i] THEN
-            -- Multiply before dividing: exact whenever the true value is an integer.
-            RETURN ceil(((iaqis[i] - iaqis[i - 1]) * (v - bps[i - 1])) / (bps[i] - bps[i - 1])
-                        + iaqis[i - 1]);
-        END IF;
-    END LOOP;
-    RETURN NULL;  -- unreachable
+    RETURN cityvitals_iaqi_in(bps, v, CASE
+        WHEN (p_pollutant, p_averaging) NOT IN (('so2', '1h'), ('o3', '8h')) THEN 500
+        WHEN p_rules = '2026' THEN CASE p_pollutant WHEN 'so2' THEN 200 ELSE 300 END
+    END);
 END
 $$;
 
@@ -346,8 +337,10 @@ $$;
 -- the 2012 rules and on their 1-hour means under the 2026 rules; SO2 above 800 under
 -- 2012 on its 24-hour moving mean. The rule set is the one of the hour's end.
 -- The primary pollutant(s) (display names, comma-separated) only when AQI > 50.
+-- p_devices: only these stations (NULL: every station of p_profiles).
 CREATE FUNCTION air_quality_hourly(
-    p_from timestamptz, p_to timestamptz, p_profiles text[] DEFAULT ARRAY['air_quality']
+    p_from timestamptz, p_to timestamptz, p_profiles text[] DEFAULT ARRAY['air_quality'],
+    p_devices text[] DEFAULT NULL
 ) RETURNS TABLE (
     bucket timestamptz, device_id text, aqi integer, primary_pollutant text,
     iaqi_pm2_5 integer, iaqi_pm10 integer, iaqi_so2 integer, iaqi_no2 integer,
@@ -369,29 +362,50 @@ WITH hourly AS (
                              p_from - INTERVAL '23 hours', p_to, 3600000) s
         WHERE s.t >= p_from - INTERVAL '23 hours' AND s.t < p_to
     ) h
-    WHERE d.profile = ANY (p_profiles)
+    WHERE d.profile = ANY (p_profiles) AND (p_devices IS NULL OR d.device_id = ANY (p_devices))
     GROUP BY h.bucket, d.device_id
 ), moving AS (
-    SELECT hourly.*,
-           cityvitals_aqi_rules(hourly.bucket + INTERVAL '1 hour') AS rules,
-           avg(pm2_5) OVER w AS pm2_5_24h,
-           avg(pm10) OVER w AS pm10_24h,
-           avg(so2) OVER w AS so2_24h
+    -- 24-hour moving means only where the 2012 rules need them (hours before the
+    -- 2026 rules; their windows hold only such hours).
+    SELECT hourly.*, '2026' AS rules, NULL::double precision AS pm2_5_24h,
+           NULL::double precision AS pm10_24h, NULL::double precision AS so2_24h
     FROM hourly
+    WHERE cityvitals_aqi_rules(hourly.bucket + INTERVAL '1 hour') = '2026'
+    UNION ALL
+    SELECT hourly.*, '2012',
+           avg(pm2_5) OVER w, avg(pm10) OVER w, avg(so2) OVER w
+    FROM hourly
+    WHERE cityvitals_aqi_rules(hourly.bucket + INTERVAL '1 hour') = '2012'
     WINDOW w AS (PARTITION BY hourly.device_id ORDER BY hourly.bucket
                  RANGE BETWEEN INTERVAL '23 hours' PRECEDING AND CURRENT ROW)
-), scored AS (
+), scored AS MATERIALIZED (
+    -- Materialized: each IAQI is computed once, not once per reference below.
+    -- cityvitals_iaqi's rules, spelt out with constant breakpoints so that
+    -- cityvitals_iaqi_in is inlined (tests compare the result with rules/aqi.py).
     SELECT m.bucket, m.device_id,
-           cityvitals_iaqi(m.rules, 'pm2_5', '24h',
-                           CASE WHEN m.rules = '2026' THEN m.pm2_5 ELSE m.pm2_5_24h END) AS i_pm2_5,
-           cityvitals_iaqi(m.rules, 'pm10', '24h',
-                           CASE WHEN m.rules = '2026' THEN m.pm10 ELSE m.pm10_24h END) AS i_pm10,
-           CASE WHEN m.rules = '2012' AND m.so2 > 800
-                THEN cityvitals_iaqi(m.rules, 'so2', '24h', m.so2_24h)
-                ELSE cityvitals_iaqi(m.rules, 'so2', '1h', m.so2) END AS i_so2,
-           cityvitals_iaqi(m.rules, 'no2', '1h', m.no2) AS i_no2,
-           cityvitals_iaqi(m.rules, 'co', '1h', m.co) AS i_co,
-           cityvitals_iaqi(m.rules, 'o3', '1h', m.o3) AS i_o3
+           CASE WHEN m.rules = '2026'
+                THEN cityvitals_iaqi_in('{0, 35, 60, 115, 150, 250, 350, 500}', round(m.pm2_5::numeric), 500)
+                ELSE cityvitals_iaqi_in('{0, 35, 75, 115, 150, 250, 350, 500}', m.pm2_5_24h::numeric, 500)
+           END AS i_pm2_5,
+           CASE WHEN m.rules = '2026'
+                THEN cityvitals_iaqi_in('{0, 50, 120, 250, 350, 420, 500, 600}', round(m.pm10::numeric), 500)
+                ELSE cityvitals_iaqi_in('{0, 50, 150, 250, 350, 420, 500, 600}', m.pm10_24h::numeric, 500)
+           END AS i_pm10,
+           CASE WHEN m.rules = '2026'
+                THEN cityvitals_iaqi_in('{0, 150, 500, 650, 800}', round(m.so2::numeric), 200)
+                WHEN m.so2 > 800
+                THEN cityvitals_iaqi_in('{0, 50, 150, 475, 800, 1600, 2100, 2620}', m.so2_24h::numeric, 500)
+                ELSE cityvitals_iaqi_in('{0, 150, 500, 650, 800}', m.so2::numeric, NULL)
+           END AS i_so2,
+           cityvitals_iaqi_in('{0, 100, 200, 700, 1200, 2340, 3090, 3840}',
+                              CASE WHEN m.rules = '2026' THEN round(m.no2::numeric)
+                                   ELSE m.no2::numeric END, 500) AS i_no2,
+           cityvitals_iaqi_in('{0, 5, 10, 35, 60, 90, 120, 150}',
+                              CASE WHEN m.rules = '2026' THEN round(m.co::numeric, 1)
+                                   ELSE m.co::numeric END, 500) AS i_co,
+           cityvitals_iaqi_in('{0, 160, 200, 300, 400, 800, 1000, 1200}',
+                              CASE WHEN m.rules = '2026' THEN round(m.o3::numeric)
+                                   ELSE m.o3::numeric END, 500) AS i_o3
     FROM moving m
     WHERE m.bucket >= p_from
 ), best AS (
@@ -446,8 +460,10 @@ $$;
 
 GRANT EXECUTE ON FUNCTION cityvitals_vital_domain(text), cityvitals_vital_domains(),
     latest_readings(text), readings_series(text, text[], timestamptz, timestamptz, bigint), cityvitals_aqi_rules(timestamptz),
+    cityvitals_aqi_breakpoints(text, text, text),
+    cityvitals_iaqi_in(numeric[], numeric, integer),
     cityvitals_iaqi(text, text, text, double precision),
-    air_quality_hourly(timestamptz, timestamptz, text[]),
+    air_quality_hourly(timestamptz, timestamptz, text[], text[]),
     cityvitals_noise_period(jsonb, timestamptz, text),
     cityvitals_noise_limit(jsonb, timestamptz, text)
     TO cityvitals_grafana;
