@@ -430,18 +430,26 @@ $$;
 -- local time in `tz`, the platform's CITYVITALS_TIMEZONE), and its LAeq limit
 -- then: its own day_limit_db / night_limit_db, else its zone's. Zone limits as
 -- rules/derived.py NOISE_LIMITS (the tests compare them).
+-- Single expressions, so that PostgreSQL inlines them into the dashboards' queries
+-- (a month of hourly means of every monitor is a million calls).
 CREATE FUNCTION cityvitals_noise_period(
     attrs jsonb, at timestamptz, tz text DEFAULT 'Asia/Shanghai'
 ) RETURNS text
 LANGUAGE sql STABLE PARALLEL SAFE AS $$
     SELECT CASE
-        WHEN CASE WHEN p.day_start <= p.night_start
-                  THEN p.local >= p.day_start AND p.local < p.night_start
-                  ELSE p.local >= p.day_start OR p.local < p.night_start END
+        WHEN CASE
+            WHEN coalesce(nullif(attrs ->> 'day_start', ''), '06:00')::time
+                 <= coalesce(nullif(attrs ->> 'night_start', ''), '22:00')::time
+            THEN (at AT TIME ZONE tz)::time
+                     >= coalesce(nullif(attrs ->> 'day_start', ''), '06:00')::time
+                 AND (at AT TIME ZONE tz)::time
+                     < coalesce(nullif(attrs ->> 'night_start', ''), '22:00')::time
+            ELSE (at AT TIME ZONE tz)::time
+                     >= coalesce(nullif(attrs ->> 'day_start', ''), '06:00')::time
+                 OR (at AT TIME ZONE tz)::time
+                     < coalesce(nullif(attrs ->> 'night_start', ''), '22:00')::time
+        END
         THEN 'day' ELSE 'night' END
-    FROM (SELECT (at AT TIME ZONE tz)::time AS local,
-                 coalesce(nullif(attrs ->> 'day_start', ''), '06:00')::time AS day_start,
-                 coalesce(nullif(attrs ->> 'night_start', ''), '22:00')::time AS night_start) p
 $$;
 
 CREATE FUNCTION cityvitals_noise_limit(
@@ -449,13 +457,15 @@ CREATE FUNCTION cityvitals_noise_limit(
 ) RETURNS double precision
 LANGUAGE sql STABLE PARALLEL SAFE AS $$
     SELECT CASE cityvitals_noise_period(attrs, at, tz)
-        WHEN 'day' THEN coalesce(nullif(attrs ->> 'day_limit_db', '')::double precision, z.day_db)
-        ELSE coalesce(nullif(attrs ->> 'night_limit_db', '')::double precision, z.night_db)
+        WHEN 'day' THEN coalesce(
+            nullif(attrs ->> 'day_limit_db', '')::double precision,
+            CASE attrs ->> 'zone' WHEN '0' THEN 50 WHEN '1' THEN 55 WHEN '2' THEN 60
+                 WHEN '3' THEN 65 WHEN '4a' THEN 70 WHEN '4b' THEN 70 END)
+        ELSE coalesce(
+            nullif(attrs ->> 'night_limit_db', '')::double precision,
+            CASE attrs ->> 'zone' WHEN '0' THEN 40 WHEN '1' THEN 45 WHEN '2' THEN 50
+                 WHEN '3' THEN 55 WHEN '4a' THEN 55 WHEN '4b' THEN 60 END)
     END
-    FROM (SELECT) AS one
-    LEFT JOIN (VALUES ('0', 50, 40), ('1', 55, 45), ('2', 60, 50), ('3', 65, 55),
-                      ('4a', 70, 55), ('4b', 70, 60)) AS z (zone, day_db, night_db)
-        ON z.zone = attrs ->> 'zone'
 $$;
 
 GRANT EXECUTE ON FUNCTION cityvitals_vital_domain(text), cityvitals_vital_domains(),
