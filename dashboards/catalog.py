@@ -827,7 +827,6 @@ _POLLUTANTS = (
     ("co", "CO"),
     ("o3", "O3"),
 )
-_AQI_FROM = "air_quality_hourly($__timeFrom()::timestamptz, $__timeTo()::timestamptz)"
 
 
 def air_quality() -> dict[str, Any]:
@@ -924,14 +923,14 @@ def air_quality() -> dict[str, Any]:
     )
     primary = (
         barchart.Panel()
-        .title("Hours by primary pollutant")
+        .title("Hours by primary pollutant (the AQI panel's stations)")
         .datasource(DATASOURCE)
         .with_target(
             sql(
                 f"""
                 SELECT coalesce(q.primary_pollutant, 'none (AQI ≤ 50)') AS primary_pollutant,
                        count(*) AS station_hours
-                FROM {_AQI_FROM} q
+                FROM {top_aqi} q
                 JOIN devices d ON d.device_id = q.device_id
                 WHERE {stations}
                 GROUP BY 1
