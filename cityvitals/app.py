@@ -16,6 +16,7 @@ from types import FrameType
 from cityvitals.api_server import ApiServer, build_app
 from cityvitals.db import UpgradeResult, upgrade
 from cityvitals.notify_runtime import Notifications
+from cityvitals.rollups import RollupRefresher
 from cityvitals.rules_runtime import RuleRuntime
 from cityvitals.services import LocalMosquitto, LocalPostgres
 from cityvitals.settings import Settings
@@ -136,6 +137,11 @@ class Platform:
                 registry_refresh=settings.registry_refresh,
                 timezone=settings.timezone,
             )
+        # Plain PostgreSQL has no continuous aggregates: the platform keeps the hourly
+        # rollup the dashboards read (migration 0007) up to date itself.
+        self.rollups: RollupRefresher | None = None
+        if self.schema.flavor == "plain":
+            self.rollups = RollupRefresher(ends.database_url)
         sink = self.rules.submit if self.rules is not None else None
         self.ingest = IngestService(ingest_config(settings, ends), self.profiles, sink)
         self.notifications: Notifications | None = None
@@ -158,6 +164,8 @@ class Platform:
             self.api.start()
         if self.rules is not None:
             self.rules.start()
+        if self.rollups is not None:
+            self.rollups.start()
         self._thread = threading.Thread(target=self.ingest.run, name="ingest", daemon=True)
         self._thread.start()
 
@@ -171,6 +179,8 @@ class Platform:
             self.api.stop()
         if self.notifications is not None:
             self.notifications.stop(timeout)
+        if self.rollups is not None:
+            self.rollups.stop(timeout)
 
     def wait(self) -> None:
         """Block until SIGINT/SIGTERM, then stop cleanly."""

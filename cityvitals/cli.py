@@ -23,8 +23,10 @@ from cityvitals.alerts_cli import alerts_app, api, silences_app, tokens_app, use
 from cityvitals.api_server import ApiServerError
 from cityvitals.app import Platform, endpoints, recorded_endpoints
 from cityvitals.aqi_cli import aqi
+from cityvitals.dashboards_cli import dashboards_app
 from cityvitals.db import MigrationError, schema_status, upgrade
 from cityvitals.notify_cli import notifications_app, routes_app
+from cityvitals.rollups import refresh_rollups
 from cityvitals.rules_cli import rules_app
 from cityvitals.services import ServiceError
 from cityvitals.settings import Settings
@@ -52,6 +54,7 @@ app.add_typer(simulate_app, name="simulate")
 app.add_typer(rules_app, name="rules")
 app.add_typer(routes_app, name="routes")
 app.add_typer(notifications_app, name="notifications")
+app.add_typer(dashboards_app, name="dashboards")
 app.command("aqi")(aqi)
 app.command("vitals")(vitals)
 app.add_typer(alerts_app, name="alerts")
@@ -210,6 +213,27 @@ def db_status() -> None:
     for version, name, at in applied:
         table.add_row(f"{version:04d}", name, at)
     console.print(table)
+
+
+@db_app.command("refresh-rollups")
+def db_refresh_rollups() -> None:
+    """Plain PostgreSQL: materialize the hourly rollup the dashboards read up to the last
+    completed hour (the running platform does it every 5 minutes; run this after
+    loading history). With TimescaleDB its own policies do it."""
+    settings = _settings()
+    with _database(settings) as url:
+        flavor, _ = schema_status(url)
+        if flavor != "plain":
+            console.print(
+                f"nothing to do: the schema is {flavor or 'empty'}"
+                " (TimescaleDB refreshes its continuous aggregates itself)"
+            )
+            return
+        try:
+            written = refresh_rollups(url)
+        except psycopg.Error as exc:
+            raise _fail(f"refreshing the hourly rollup failed: {exc}") from None
+    console.print(f"hourly rollup up to date ({written} rows written)")
 
 
 @devices_app.command("validate")

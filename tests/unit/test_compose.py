@@ -1,5 +1,5 @@
 """Static checks of the Docker deployment: docker-compose.yml, Dockerfile, .dockerignore,
-.env.example and deploy/mosquitto/ (no Docker engine needed).
+.env.example, deploy/mosquitto/ and deploy/grafana/ (no Docker engine needed).
 
 tests/integration/test_mosquitto_acl.py runs the Mosquitto configuration for real.
 """
@@ -23,6 +23,7 @@ from cityvitals.settings import Settings
 ROOT = Path(__file__).resolve().parents[2]
 COMPOSE_FILE = ROOT / "docker-compose.yml"
 MOSQUITTO_DIR = ROOT / "deploy" / "mosquitto"
+GRAFANA_DIR = ROOT / "deploy" / "grafana"
 
 PLATFORM_SERVICES = ("timescaledb", "mosquitto")
 """The services the platform cannot work without."""
@@ -251,7 +252,13 @@ def test_env_example_shows_the_defaults() -> None:
 
 def test_required_variables_are_empty_in_env_example() -> None:
     text = (ROOT / ".env.example").read_text()
-    for name in ("POSTGRES_PASSWORD", "MQTT_PLATFORM_PASSWORD", "MQTT_SIMULATOR_PASSWORD"):
+    for name in (
+        "POSTGRES_PASSWORD",
+        "MQTT_PLATFORM_PASSWORD",
+        "MQTT_SIMULATOR_PASSWORD",
+        "GRAFANA_ADMIN_PASSWORD",
+        "GRAFANA_DB_PASSWORD",
+    ):
         assert re.search(rf"^{name}=$", text, re.MULTILINE), f"{name} must be listed, empty"
 
 
@@ -440,3 +447,137 @@ def test_acl_device_rules_name_the_device_id_level() -> None:
     for access, topic in patterns:
         assert access == "write"
         assert topic.split("/")[3] == "%u", "the device id is the 4th topic level"
+
+
+# --- every service ----------------------------------------------------------------------------
+
+
+def test_every_long_running_service_has_a_health_check(
+    services: dict[str, dict[str, Any]],
+) -> None:
+    """Compose's own check, or the image's (the Dockerfile's HEALTHCHECK); one-shot
+    services (restart: "no") may do without."""
+    image_has_check = any(w == "HEALTHCHECK" for w, _ in dockerfile_instructions())
+    for name, service in services.items():
+        if service.get("restart") == "no":
+            continue
+        check = service.get("healthcheck")
+        if check is not None:
+            assert check.get("test") and not check.get("disable"), name
+        else:
+            assert "build" in service and image_has_check, f"{name} has no health check"
+
+
+def test_depends_on_waits_for_health_or_completion(services: dict[str, dict[str, Any]]) -> None:
+    for name, service in services.items():
+        for other, condition in (service.get("depends_on") or {}).items():
+            target = services[other]
+            wanted = condition["condition"]
+            if wanted == "service_healthy":
+                check = target.get("healthcheck")
+                assert (check and not check.get("disable")) or "build" in target, (name, other)
+            elif wanted == "service_completed_successfully":
+                assert target.get("restart") == "no", (name, other)
+            else:
+                assert wanted == "service_started" and other == "platform", (name, other)
+
+
+def test_every_named_volume_is_used(
+    compose: dict[str, Any], services: dict[str, dict[str, Any]]
+) -> None:
+    used = {
+        volume_source(v)[0]
+        for service in services.values()
+        for v in service.get("volumes", [])
+        if not volume_source(v)[2]
+    }
+    assert set(compose.get("volumes") or {}) == used
+
+
+# --- grafana ----------------------------------------------------------------------------------
+
+
+def _sdk_grafana_version() -> tuple[str, str]:
+    pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    pin = next(d for d in pyproject["project"]["dependencies"] if "grafana-foundation-sdk" in d)
+    major, minor = re.search(r"!(\d+)\.(\d+)\.", pin).groups()  # type: ignore[union-attr]
+    return major, minor
+
+
+def test_grafana_is_the_version_the_dashboards_are_built_for(
+    services: dict[str, dict[str, Any]],
+) -> None:
+    image = services["grafana"]["image"]
+    repository, _, tag = image.rpartition(":")
+    assert repository == "grafana/grafana-oss"
+    major, minor = _sdk_grafana_version()
+    assert tag.startswith(f"{major}.{minor}."), f"{image} vs the SDK's Grafana {major}.{minor}"
+
+
+def test_grafana_has_no_anonymous_admin(services: dict[str, dict[str, Any]]) -> None:
+    env = services["grafana"]["environment"]
+    assert env["GF_AUTH_ANONYMOUS_ENABLED"] == "false"
+    assert env["GF_USERS_ALLOW_SIGN_UP"] == "false"
+    password = env["GF_SECURITY_ADMIN_PASSWORD"]
+    assert password.startswith("${GRAFANA_ADMIN_PASSWORD:?"), "required, from the environment"
+    assert "GF_AUTH_ANONYMOUS_ORG_ROLE" not in env
+
+
+def test_grafana_waits_for_the_database_and_the_migrations(
+    services: dict[str, dict[str, Any]],
+) -> None:
+    grafana = services["grafana"]
+    assert grafana["depends_on"]["timescaledb"]["condition"] == "service_healthy"
+    assert grafana["depends_on"]["migrate"]["condition"] == "service_completed_successfully"
+    test = grafana["healthcheck"]["test"]
+    assert "/api/health" in " ".join(test)
+    assert grafana["restart"] == "unless-stopped"
+
+
+def _grafana_mount(services: dict[str, dict[str, Any]], target: str) -> Path:
+    for entry in services["grafana"]["volumes"]:
+        source, mounted, bind = volume_source(entry)
+        if bind and mounted.rstrip("/") == target.rstrip("/"):
+            return ROOT / source
+    raise AssertionError(f"nothing is mounted at {target}")
+
+
+def test_grafana_datasource_provisioning(services: dict[str, dict[str, Any]]) -> None:
+    from dashboards.sql import DATASOURCE_TYPE
+    from dashboards.style import DATASOURCE_UID
+
+    folder = _grafana_mount(services, "/etc/grafana/provisioning/datasources")
+    files = sorted(folder.glob("*.yaml"))
+    assert files
+    (ds,) = yaml.safe_load(files[0].read_text())["datasources"]
+    assert (ds["uid"], ds["type"]) == (DATASOURCE_UID, DATASOURCE_TYPE)
+    assert ds["user"] == "cityvitals_grafana", "the read-only role of migration 0007"
+    env = services["grafana"]["environment"]
+    dumped = yaml.safe_dump(ds)
+    given = {name: env[name] for name in compose_variables(dumped)}
+    ds = yaml.safe_load(interpolate(dumped, given))
+    db = services["timescaledb"]["environment"]
+    assert ds["url"] == "timescaledb:5432"
+    assert ds["jsonData"]["database"] == db["POSTGRES_DB"]
+    assert ds["secureJsonData"]["password"].startswith("${GRAFANA_DB_PASSWORD")
+    # The same password the migrations give the role.
+    assert (
+        "cityvitals.grafana_password=${GRAFANA_DB_PASSWORD"
+        in (services["migrate"]["environment"]["PGOPTIONS"])
+    )
+    assert ds["editable"] is False
+
+
+def test_grafana_dashboard_provisioning(services: dict[str, dict[str, Any]]) -> None:
+    from dashboards.build import DEFAULT_OUT, build_all
+
+    folder = _grafana_mount(services, "/etc/grafana/provisioning/dashboards")
+    (provider,) = yaml.safe_load(next(folder.glob("*.yaml")).read_text())["providers"]
+    assert provider["type"] == "file"
+    assert provider["allowUiUpdates"] is False, "generated dashboards are not edited in the UI"
+    dashboards = _grafana_mount(services, provider["options"]["path"])
+    assert dashboards.resolve() == DEFAULT_OUT.resolve()
+    assert {p.name for p in dashboards.glob("*.json")} == {b.filename for b in build_all()}
+    home = services["grafana"]["environment"]["GF_DASHBOARDS_DEFAULT_HOME_DASHBOARD_PATH"]
+    assert home.startswith(provider["options"]["path"].rstrip("/") + "/")
+    assert (dashboards / home.rsplit("/", 1)[1]).is_file()
