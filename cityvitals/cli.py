@@ -175,7 +175,7 @@ def demo(
 
 @app.command()
 def status() -> None:
-    """Ingest rates, backlog, dead letters by reason and devices online."""
+    """Ingest, dead letters, devices, vital signs, open alerts, rules in error, notifications."""
     settings = _settings()
     db_url, _ = recorded_endpoints(settings)
     if db_url is None:

@@ -1,4 +1,9 @@
-"""`cityvitals status`: what the ingest is doing, read from the database."""
+"""`cityvitals status`: what the platform is doing, read from the database.
+
+The ingest's rates and backlog, dead letters, devices, then what operators act
+on: the city's vital signs, open alerts by level and handling state, rules in
+error, and the notification outbox.
+"""
 
 from __future__ import annotations
 
@@ -9,6 +14,8 @@ import psycopg
 from rich.console import Group
 from rich.markup import escape
 from rich.table import Table
+
+from alerts.model import Level
 
 LIVE_SECONDS = 60
 """An ingest process whose heartbeat is older than this is shown as stopped."""
@@ -39,6 +46,14 @@ class PlatformStatus:
     """(reason, total, in the last hour, latest)"""
     devices: list[tuple[str, int, int, int]]
     """(profile, devices, online, provisional)"""
+    vitals: list[tuple[str, int, datetime]]
+    """The city's latest level per domain: (domain, level, since)"""
+    open_alerts: list[tuple[int, str, int]]
+    """(level, handling, count) of alerts not closed"""
+    failing_rules: list[tuple[str, int, str | None, datetime | None]]
+    """(rule, errors, last error, when) of rules that have failed"""
+    notifications: dict[str, int]
+    """Outbox rows by status: pending, sending, sent, failed"""
 
 
 def collect(url: str) -> PlatformStatus:
@@ -68,7 +83,30 @@ def collect(url: str) -> PlatformStatus:
                FROM devices d LEFT JOIN device_status s USING (device_id)
                GROUP BY d.profile ORDER BY d.profile"""
         ).fetchall()
-    return PlatformStatus(ingest, dead, devices)
+        vitals = conn.execute(
+            """SELECT DISTINCT ON (domain) domain, level, ts FROM vital_signs
+               WHERE scope = 'city' ORDER BY domain, ts DESC"""
+        ).fetchall()
+        open_alerts = conn.execute(
+            """SELECT level, handling, count(*) FROM alerts WHERE handling <> 'closed'
+               GROUP BY level, handling"""
+        ).fetchall()
+        failing = conn.execute(
+            """SELECT rule, errors, last_error, last_error_at FROM rule_health
+               WHERE errors > 0 ORDER BY last_error_at DESC NULLS LAST LIMIT 10"""
+        ).fetchall()
+        outbox: dict[str, int] = dict(
+            conn.execute("SELECT status, count(*) FROM notifications GROUP BY status").fetchall()
+        )
+    return PlatformStatus(ingest, dead, devices, vitals, open_alerts, failing, outbox)
+
+
+HANDLING = ("new", "acknowledged", "dispatched", "handled")
+
+
+def _level(level: int) -> str:
+    lv = Level(level)
+    return f"[{lv.colour}]{lv.label}[/]"
 
 
 def render(url: str) -> Group:
@@ -123,4 +161,39 @@ def render(url: str) -> Group:
     )
     for profile, n, online, provisional in s.devices:
         devices.add_row(profile, f"{n:,}", f"{online:,}", f"{provisional:,}")
-    return Group(ingest, dead, devices)
+    return Group(ingest, dead, devices, *_operations(s))
+
+
+def _operations(s: PlatformStatus) -> list[Table]:
+    vitals = Table("domain", "level", "since", title="City vital signs", title_justify="left")
+    for domain, level, since in s.vitals:
+        vitals.add_row(escape(domain), _level(level), f"{since:%Y-%m-%d %H:%M:%S}")
+    if not s.vitals:
+        vitals.caption = "none computed yet"
+    alerts = Table("level", *HANDLING, "open", title="Open alerts", title_justify="left")
+    counts = {(level, handling): n for level, handling, n in s.open_alerts}
+    for level in sorted({level for level, _, _ in s.open_alerts}, reverse=True):
+        row = [counts.get((level, h), 0) for h in HANDLING]
+        alerts.add_row(_level(level), *(f"{n:,}" for n in row), f"{sum(row):,}")
+    if not s.open_alerts:
+        alerts.caption = "none open"
+    tables = [vitals, alerts]
+    if s.failing_rules:
+        rules = Table(
+            "rule", "errors", "last error", "at", title="Rules in error", title_justify="left"
+        )
+        for rule, errors, last, at in s.failing_rules:
+            when = f"{at:%Y-%m-%d %H:%M:%S}" if at is not None else ""
+            rules.add_row(escape(rule), f"{errors:,}", escape(last or ""), when)
+        tables.append(rules)
+    outbox = Table(
+        "pending", "sending", "sent", "failed", title="Notifications", title_justify="left"
+    )
+    outbox.add_row(
+        *(f"{s.notifications.get(k, 0):,}" for k in ("pending", "sending", "sent", "failed"))
+    )
+    if s.notifications.get("failed"):
+        outbox.caption = "failed: see `cityvitals notifications list --status failed`"
+        outbox.caption_justify = "left"
+    tables.append(outbox)
+    return tables
