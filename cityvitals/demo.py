@@ -59,6 +59,10 @@ def run_demo(
         )
         for e in scenario.expect:
             console.print(f"  expect {e.level:<6} {e.domain}: {escape(e.what)}")
+        console.print(
+            "In another terminal: `cityvitals alerts list`, `cityvitals alerts ack ID --as you`, "
+            "`cityvitals notifications list`."
+        )
         stop = threading.Event()
         latest: list[Progress] = []
         end = scenario.start + scenario.duration
