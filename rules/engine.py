@@ -12,6 +12,7 @@ unhealthy with its last error and a counter; the others keep running.
 from __future__ import annotations
 
 import bisect
+import math
 import re
 from array import array
 from collections.abc import Iterable, Iterator, Mapping, Sequence
@@ -47,19 +48,54 @@ class DeviceInfo:
     attributes: Mapping[str, Any] = field(default_factory=dict)
 
 
+def _add_exact(partials: list[float], x: float) -> None:
+    """Add `x` to the exact sum held as non-overlapping `partials` (Shewchuk, as `math.fsum`)."""
+    i = 0
+    for y in partials:
+        if abs(x) < abs(y):
+            x, y = y, x
+        hi = x + y
+        lo = y - (hi - x)
+        if lo:
+            partials[i] = lo
+            i += 1
+        x = hi
+    partials[i:] = [x]
+
+
+class _RunningSum:
+    """The exact sum of a series' points [first, end) (absolute indices), kept as it slides.
+
+    `math.fsum(partials)` is the correctly rounded sum of exactly those points, so a
+    window's sum or mean is bit for bit what `math.fsum` over its points gives.
+    """
+
+    __slots__ = ("end", "first", "partials")
+
+    def __init__(self) -> None:
+        self.first = self.end = 0
+        self.partials: list[float] = []
+
+
 class Series:
     """A metric's recent (time, value) points in time order, 16 bytes a point.
 
     Two float arrays with a moving start: appending and dropping the oldest are
     cheap, iteration yields (t, v) pairs oldest first, `reversed` newest first.
+    `window` finds a window's points by bisection and keeps a running exact sum per
+    window length, so a sliding sum or mean costs the points that enter and leave it,
+    not the whole window.
     """
 
-    __slots__ = ("_start", "_ts", "_vs")
+    __slots__ = ("_base", "_start", "_sums", "_ts", "_vs")
 
     def __init__(self) -> None:
         self._ts = array("d")
         self._vs = array("d")
         self._start = 0
+        self._base = 0
+        """Points deleted from the arrays' front so far: index i is point _base + i."""
+        self._sums: dict[float, _RunningSum] | None = None
 
     def __len__(self) -> int:
         return len(self._ts) - self._start
@@ -78,10 +114,11 @@ class Series:
 
     def add(self, t: float, v: float) -> None:
         if len(self) and t < self._ts[-1]:
-            # A late reading: insert it in time order.
+            # A late reading: insert it in time order (running sums start again).
             i = bisect.bisect_right(self._ts, t, lo=self._start)
             self._ts.insert(i, t)
             self._vs.insert(i, v)
+            self._sums = None
         else:
             self._ts.append(t)
             self._vs.append(v)
@@ -90,13 +127,70 @@ class Series:
         """Forget points at or before `horizon`."""
         ts, n = self._ts, len(self._ts)
         start = self._start
-        while start < n and ts[start] <= horizon:
-            start += 1
+        if start < n and ts[start] > horizon:
+            return
+        start = bisect.bisect_right(ts, horizon, lo=start)
         self._start = start
         if start > 64 and start * 2 > n:
             del self._ts[:start]
             del self._vs[:start]
+            self._base += start
             self._start = 0
+
+    def window(self, func: str, lo: float, now: float) -> float | None:
+        """`window_aggregate(func, points)` over the points in (lo, now]."""
+        ts = self._ts
+        i = bisect.bisect_right(ts, lo, self._start)
+        j = bisect.bisect_right(ts, now, i)
+        if func == "sum" or func == "avg":
+            if i == j:
+                return None
+            total = self._sum(now - lo, i, j)
+            return total if func == "sum" else total / (j - i)
+        if func == "count":
+            return j - i
+        vs = self._vs
+        if i == j:
+            return None
+        if func == "delta":
+            return vs[j - 1] - vs[i]
+        if func == "rate":
+            elapsed = ts[j - 1] - ts[i]
+            return None if elapsed <= 0 else (vs[j - 1] - vs[i]) / elapsed * 3600.0
+        return window_aggregate(func, list(zip(ts[i:j], vs[i:j], strict=True)))
+
+    def _sum(self, seconds: float, i: int, j: int) -> float:
+        vs, base = self._vs, self._base
+        sums = self._sums
+        if sums is None:
+            sums = self._sums = {}
+        run = sums.get(seconds)
+        first, end = i + base, j + base
+        if (
+            run is None
+            or run.first < base
+            or run.first > first
+            or run.end > end
+            or (first - run.first) + (end - run.end) > j - i
+        ):
+            # New, stale, moved back or moved past: sum the window's points afresh.
+            run = sums[seconds] = _RunningSum()
+            run.first = run.end = first
+        partials = run.partials
+        for k in range(run.end - base, j):
+            _add_exact(partials, vs[k])
+        for k in range(run.first - base, i):
+            _add_exact(partials, -vs[k])
+        run.first, run.end = first, end
+        try:
+            total = math.fsum(partials)
+        except (OverflowError, ValueError):
+            total = math.nan
+        if not math.isfinite(total):
+            # Overflow or a non-finite value: let fsum itself say what it makes of them.
+            del sums[seconds]
+            return math.fsum(vs[i:j])
+        return total
 
 
 class DeviceState:
@@ -144,18 +238,11 @@ class _Context:
         cache = self.cache
         if key in cache:
             return cache[key]
-        history = self.state.history.get(metric, ())
-        lo, now = self.now - seconds, self.now
-        # Newest first, stopping at the window's start: a 1 h window of a 24 h history
-        # reads one hour of it.
-        points = []
-        for t, v in reversed(history):
-            if t <= lo:
-                break
-            if t <= now:
-                points.append((t, v))
-        points.reverse()
-        value = window_aggregate(func, points)
+        history = self.state.history.get(metric)
+        if history is None:
+            value = window_aggregate(func, ())
+        else:
+            value = history.window(func, self.now - seconds, self.now)
         result = cache[key] = None if value is None else float(value)
         return result
 
