@@ -217,6 +217,24 @@ class DeviceState:
         history.add(ts, value)
         history.drop_until(self.latest[metric][0] - self.keep[metric])
 
+    def add_instant(self, ts: float, readings: Iterable[Reading]) -> set[str]:
+        """`add` every reading of one instant (all at `ts`); the metrics they bring."""
+        latest, history, keep = self.latest, self.history, self.keep
+        metrics: set[str] = set()
+        for r in readings:
+            metric, value = r.metric, r.value
+            metrics.add(metric)
+            previous = latest.get(metric)
+            if previous is None or ts >= previous[0]:
+                latest[metric] = previous = (ts, value)
+            series = history.get(metric)
+            if series is not None:
+                series.add(ts, value)
+                series.drop_until(previous[0] - keep[metric])
+        if self.last_seen is None or ts > self.last_seen:
+            self.last_seen = ts
+        return metrics
+
 
 class _Context:
     """The expression language's view of one device at one instant."""
@@ -356,6 +374,39 @@ def render(
     return _TEMPLATE.sub(replace, template)
 
 
+def _group_time(item: tuple[tuple[str, float], list[Reading]]) -> float:
+    return item[0][1]
+
+
+class _RulePlan:
+    """Which of a device's rules a device instant evaluates, by the metrics it brings.
+
+    A condition rule is evaluated when the instant brings a metric it reads (or it
+    reads none); every no-data rule hears that the device spoke. In the device's
+    rule order, so transitions come out as they would rule by rule.
+    """
+
+    __slots__ = ("_by_metrics", "rules")
+
+    def __init__(self, rules: Sequence[Rule]) -> None:
+        self.rules = tuple(rules)
+        self._by_metrics: dict[frozenset[str], tuple[tuple[Rule, bool], ...]] = {}
+
+    def select(self, metrics: set[str]) -> tuple[tuple[Rule, bool], ...]:
+        key = frozenset(metrics)
+        chosen = self._by_metrics.get(key)
+        if chosen is None:
+            if len(self._by_metrics) > 256:
+                self._by_metrics.clear()  # odd mixes of metrics: keep the cache small
+            chosen = self._by_metrics[key] = tuple(
+                (rule, rule.spec.kind == "condition")
+                for rule in self.rules
+                if (rule.spec.kind == "condition" and (not rule.metrics or rule.metrics & key))
+                or rule.spec.kind == "no_data"
+            )
+        return chosen
+
+
 class Engine:
     def __init__(self, rules: RuleSet, timezone: str = "Asia/Shanghai") -> None:
         self.rules = rules
@@ -365,6 +416,7 @@ class Engine:
         self.health: dict[str, RuleHealth] = {r.name: RuleHealth() for r in rules.rules}
         self.clock: float | None = None
         self._by_device: dict[str, list[Rule]] = {}
+        self._plans: dict[str, _RulePlan] = {}
         self._by_kind: dict[str, list[Rule]] = {}
         self._population: dict[tuple[str, str], int] = {}
         for rule in rules.rules:
@@ -374,6 +426,8 @@ class Engine:
 
     def set_devices(self, devices: Iterable[DeviceInfo]) -> None:
         """(Re)load the registry; known devices keep their values and history."""
+        # Devices with the same rules share one plan (and its cache).
+        plans: dict[tuple[int, ...], _RulePlan] = {}
         for given in devices:
             info = DeviceInfo(
                 given.device_id,
@@ -400,6 +454,11 @@ class Engine:
                     state.history[metric] = old.history.get(metric, Series())
             self.devices[info.device_id] = state
             self._by_device[info.device_id] = rules
+            key = tuple(id(r) for r in rules)
+            plan = plans.get(key)
+            if plan is None:
+                plan = plans[key] = _RulePlan(rules)
+            self._plans[info.device_id] = plan
         # Devices each rule applies to, per district and city-wide (for area rules).
         population: dict[tuple[str, str], int] = {}
         for device_id, rules in self._by_device.items():
@@ -436,35 +495,51 @@ class Engine:
         """Evaluate the device rules on new readings, instant by instant, per device."""
         out: list[AlertTransition] = []
         groups: dict[tuple[str, float], list[Reading]] = {}
+        # The ingest hands the readings of one device instant over together, sharing
+        # one datetime: group runs, and convert each distinct time once.
+        seconds_of: dict[datetime, float] = {}
+        run_device: str | None = None
+        run_ts: datetime | None = None
+        run: list[Reading] = []
         for r in readings:
-            groups.setdefault((r.device_id, epoch_seconds(r.ts)), []).append(r)
+            if r.ts is run_ts and r.device_id is run_device:
+                run.append(r)
+                continue
+            run_device, run_ts = r.device_id, r.ts
+            t = seconds_of.get(run_ts)
+            if t is None:
+                t = seconds_of[run_ts] = epoch_seconds(run_ts)
+            run = groups.setdefault((run_device, t), [])
+            run.append(r)
         touched_districts: set[str] = set()
-        for (device_id, ts), group in sorted(groups.items(), key=lambda kv: kv[0][1]):
-            state = self.devices.get(device_id)
+        devices, plans, tz = self.devices, self._plans, self.tz
+        clock = self.clock
+        for (device_id, ts), group in sorted(groups.items(), key=_group_time):
+            state = devices.get(device_id)
             if state is None:
                 continue
-            for r in group:
-                state.add(ts, r.metric, r.value)
-            self.clock = ts if self.clock is None else max(self.clock, ts)
-            metrics = {r.metric for r in group}
+            metrics = state.add_instant(ts, group)
+            if clock is None or ts > clock:
+                clock = self.clock = ts
             # One context per device instant: window results are shared by every rule.
-            ctx = _Context(state, ts, self.tz)
-            derive = COMPUTE.get(state.info.profile.name)
+            ctx = _Context(state, ts, tz)
+            info = state.info
+            derive = COMPUTE.get(info.profile.name)
             if derive is not None:
-                for name, value in derive(
-                    ctx, from_epoch(ts), state.info.attributes, metrics
-                ).items():
+                for name, value in derive(ctx, from_epoch(ts), info.attributes, metrics).items():
                     state.add(ts, name, value)
                     metrics.add(name)
+            plan = plans.get(device_id)
+            if plan is None:
+                continue
             before = len(out)
-            for rule in self._by_device.get(device_id, ()):
-                kind = rule.spec.kind
-                if kind == "condition" and (not rule.metrics or rule.metrics & metrics):
+            for rule, condition in plan.select(metrics):
+                if condition:
                     self._evaluate(rule, state, ts, out, ctx)
-                elif kind == "no_data":
+                else:
                     self._no_data_back(rule, state, ts, out)
             if len(out) > before:
-                touched_districts.add(state.info.district)
+                touched_districts.add(info.district)
         out += self._areas(touched_districts, self.clock)
         return out
 
@@ -623,6 +698,8 @@ class Engine:
         t: float,
         out: list[AlertTransition],
     ) -> None:
+        if st is None and level is None:
+            return
         hold = rule.spec.for_.total_seconds()
         clear_for = rule.spec.clear_for.total_seconds()
         if st is None:
