@@ -157,6 +157,10 @@ class Series:
         if func == "rate":
             elapsed = ts[j - 1] - ts[i]
             return None if elapsed <= 0 else (vs[j - 1] - vs[i]) / elapsed * 3600.0
+        if func == "min":
+            return min(vs[i:j])
+        if func == "max":
+            return max(vs[i:j])
         return window_aggregate(func, list(zip(ts[i:j], vs[i:j], strict=True)))
 
     def _sum(self, seconds: float, i: int, j: int) -> float:
