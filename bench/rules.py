@@ -86,7 +86,7 @@ from bench.ingest import (
 )
 from bench.loadgen import LoadError, PublisherProcess, PublishPlan, PublishResult, RawPublisher
 from cityvitals.db import MigrationError
-from cityvitals.rules_runtime import RuleRuntime
+from cityvitals.rules_runtime import RuleProcess
 from cityvitals.services import ServiceError
 from devices.model import DeviceEvent, Reading
 from devices.profile import DeviceProfile, ProfileSet, load_profiles
@@ -581,31 +581,15 @@ class LatencyTrace:
         return out
 
 
-class CountingEngine(Engine):
-    """The engine, counting what it evaluates, when, and its CPU time (rules thread)."""
-
-    def __init__(self, rules: RuleSet, timezone: str, trace: LatencyTrace | None = None) -> None:
-        super().__init__(rules, timezone)
-        self.trace = trace
-        self.evaluated = 0
-        self.batches = 0
-        self.last_eval = 0.0
-        self.cpu = 0.0
-        self.largest_batch = 0
-
-    def ingest(self, readings: Sequence[Reading]) -> list[AlertTransition]:
-        started = time.time()
-        cpu0 = time.thread_time()
-        out = super().ingest(readings)
-        self.cpu += time.thread_time() - cpu0
-        if readings:
-            self.evaluated += len(readings)
-            self.batches += 1
-            self.largest_batch = max(self.largest_batch, len(readings))
-            self.last_eval = time.time()
-            if self.trace is not None:
-                self.trace.on_evaluated(out, started, self.last_eval)
-        return out
+def _with_rule_process(
+    cores: dict[str, float | None], rules_cpu: float, window: float
+) -> dict[str, float | None]:
+    """`cores_used` with the rule process's CPU moved from `other` to this process's share."""
+    share = rules_cpu / max(window, 1e-9)
+    out = dict(cores)
+    out["bench"] = (out.get("bench") or 0.0) + share
+    out["other"] = max(0.0, (out.get("other") or 0.0) - share)
+    return out
 
 
 def percentile(values: Sequence[float], q: float) -> float:
@@ -813,11 +797,11 @@ class Bench:
             client_id=f"cvbench-{self.env.run_id}-{scenario}",
         )
         self.env.sessions.append(config.client_id)
-        runtime: RuleRuntime | None = None
-        engine: CountingEngine | None = None
+        runtime: RuleProcess | None = None
+        engine: Engine | None = None
         if rules is not None:
-            # As Platform wires it (with Settings' defaults), with an engine that counts.
-            runtime = RuleRuntime(
+            # As Platform wires it (with Settings' defaults).
+            runtime = RuleProcess(
                 rules,
                 self.profiles,
                 url,
@@ -825,9 +809,10 @@ class Bench:
                 topic_root=plan.root,
                 timezone=TIMEZONE,
             )
-            engine = CountingEngine(rules, TIMEZONE, trace)
-            runtime.engine = engine
+            engine = Engine(rules, TIMEZONE)
+            runtime.engine = engine  # before start: the rule process is forked with it
             if trace is not None:
+                runtime.on_evaluated.append(trace.on_evaluated)
                 runtime.on_transitions.append(trace.on_transitions)
             # Windows as a running engine holds them; restore() keeps known devices' history.
             engine.set_devices(device_infos(self.city, self.profiles))
@@ -858,9 +843,8 @@ class Bench:
                 if time.monotonic() > deadline:
                     raise BenchError(f"{scenario}: the ingest never received the probe message")
                 time.sleep(0.01)
-            rules_tid = _thread_id("rules")
-            ingest0, rules0 = thread_cpu(thread.native_id), thread_cpu(rules_tid)
-            engine0 = engine.cpu if engine is not None else 0.0
+            ingest0 = thread_cpu(thread.native_id)
+            stats0 = runtime.stats if runtime is not None else None
             reset_peak_rss()
             before = self.meter.snapshot()
             publisher.go()
@@ -880,7 +864,7 @@ class Bench:
                     if pub is None:
                         pub = publisher.poll_result()
                     n = service.counters.readings
-                    e = engine.evaluated if engine is not None else n
+                    e = runtime.stats.readings if runtime is not None else n
                     if n != committed:
                         committed, last_commit = n, time.time()
                     if (n, e) != (committed, evaluated) or n == committed != evaluated:
@@ -910,7 +894,13 @@ class Bench:
                     self.progress.remove_task(etask)
             after = self.meter.snapshot()
             ingest_cpu = thread_cpu(thread.native_id) - ingest0
-            rules_cpu = thread_cpu(rules_tid) - rules0
+            stats = runtime.stats if runtime is not None else None
+            rules_cpu = engine_cpu = 0.0
+            last_eval = 0.0
+            if stats is not None and stats0 is not None:
+                rules_cpu = stats.cpu - stats0.cpu
+                engine_cpu = stats.engine_cpu - stats0.engine_cpu
+                last_eval = stats.last_evaluated
             rss = peak_rss()
         finally:
             publisher.close()
@@ -935,27 +925,29 @@ class Bench:
             committed_rate=readings / max(last_commit - pub.started, 1e-9),
             evaluated_rate=None
             if engine is None
-            else readings / max(engine.last_eval - pub.started, 1e-9),
-            span_s=max(last_commit, engine.last_eval if engine else 0.0) - pub.started,
+            else readings / max(last_eval - pub.started, 1e-9),
+            span_s=max(last_commit, last_eval) - pub.started,
             publisher_rate=pub.rate,
-            cores=cores_used(before, after, pub.cpu_seconds),
+            cores=_with_rule_process(
+                cores_used(before, after, pub.cpu_seconds), rules_cpu, after.at - before.at
+            ),
             cpu_window_s=after.at - before.at,
             ingest_cpu_s=ingest_cpu,
             rules_cpu_s=rules_cpu,
-            engine_cpu_s=(engine.cpu - engine0) if engine is not None else 0.0,
+            engine_cpu_s=engine_cpu,
             peak_rss=rss,
             stored=stored,
             duplicates=c.duplicates,
             dead_letters=c.dead_letters,
             ingest_batches=c.batches,
         )
-        if engine is not None and runtime is not None:
-            result.engine_batches = engine.batches
-            result.largest_engine_batch = engine.largest_batch
+        if stats is not None and stats0 is not None and runtime is not None:
+            result.engine_batches = stats.chunks - stats0.chunks
+            result.largest_engine_batch = stats.largest_chunk
             result.max_backlog = backlog
-            result.drain_s = max(0.0, engine.last_eval - last_commit)
+            result.drain_s = max(0.0, last_eval - last_commit)
             result.transitions = runtime.transitions
-            result.rule_errors = _rule_errors(engine)
+            result.rule_errors = dict(runtime.rule_errors)
         return result, pub
 
     def throughput(self, rules_on: bool) -> RunResult:

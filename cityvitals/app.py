@@ -14,7 +14,7 @@ from pathlib import Path
 from types import FrameType
 
 from cityvitals.db import UpgradeResult, upgrade
-from cityvitals.rules_runtime import RuleRuntime
+from cityvitals.rules_runtime import RuleProcess
 from cityvitals.services import LocalMosquitto, LocalPostgres
 from cityvitals.settings import Settings
 from devices.profile import ProfileSet, load_profiles
@@ -120,9 +120,9 @@ class Platform:
         self.endpoints = ends
         self.profiles: ProfileSet = load_profiles(settings.profile_dirs)
         self.schema: UpgradeResult = upgrade(ends.database_url)
-        self.rules: RuleRuntime | None = None
+        self.rules: RuleProcess | None = None
         if settings.rules_enabled:
-            self.rules = RuleRuntime(
+            self.rules = RuleProcess(
                 load_rules(self.profiles, settings.rule_dirs),
                 self.profiles,
                 ends.database_url,
