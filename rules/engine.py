@@ -137,6 +137,11 @@ class Series:
             self._base += start
             self._start = 0
 
+    def values(self, lo: float, hi: float) -> array[float]:
+        """The values of the points in (lo, hi], oldest first."""
+        i = bisect.bisect_right(self._ts, lo, self._start)
+        return self._vs[i : bisect.bisect_right(self._ts, hi, i)]
+
     def window(self, func: str, lo: float, now: float) -> float | None:
         """`window_aggregate(func, points)` over the points in (lo, now]."""
         ts = self._ts
@@ -458,10 +463,10 @@ class Engine:
                     state.history[metric] = old.history.get(metric, Series())
             self.devices[info.device_id] = state
             self._by_device[info.device_id] = rules
-            key = tuple(id(r) for r in rules)
-            plan = plans.get(key)
+            same = tuple(id(r) for r in rules)
+            plan = plans.get(same)
             if plan is None:
-                plan = plans[key] = _RulePlan(rules)
+                plan = plans[same] = _RulePlan(rules)
             self._plans[info.device_id] = plan
         # Devices each rule applies to, per district and city-wide (for area rules).
         population: dict[tuple[str, str], int] = {}

@@ -49,6 +49,9 @@ def test_window_equals_the_definition(
         series.drop_until(newest - keep)
         points = [p for p in points if p[0] > newest - keep]
         now = newest - back
+        assert list(series.values(now - seconds, now)) == [
+            v for t, v in points if now - seconds < t <= now
+        ]
         got = series.window(func, now - seconds, now)
         want = _reference(points, func, now - seconds, now)
         if want is None or got is None:
