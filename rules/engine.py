@@ -229,6 +229,13 @@ class DeviceState:
     def add_instant(self, ts: float, readings: Iterable[Reading]) -> set[str]:
         """`add` every reading of one instant (all at `ts`); the metrics they bring."""
         latest, history, keep = self.latest, self.history, self.keep
+        last_seen = self.last_seen
+        if last_seen is not None and ts >= last_seen and not history:
+            # In order, as nearly always: every value is its metric's newest.
+            for r in readings:
+                latest[r.metric] = (ts, r.value)
+            self.last_seen = ts
+            return {r.metric for r in readings}
         metrics: set[str] = set()
         for r in readings:
             metric, value = r.metric, r.value
