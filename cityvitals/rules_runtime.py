@@ -1,12 +1,16 @@
 """The rule engine at run time: fed by the ingest, persisted, ticking, publishing vitals.
 
 The ingest hands each committed batch to `RuleRuntime.submit` (its sink) and
-goes on; a thread of the runtime evaluates the batch, stores the alert
-transitions and the changed rule state in one go, and recomputes the city's
-vital signs when something changed and at a fixed interval. At start it
-restores pending and firing state from `rule_state` (so nothing is raised
-twice or forgotten) and re-warms windows from the stored readings.
-"""
+goes on; a thread of the runtime evaluates the batch chunk by chunk, stores the
+alert transitions and the changed rule state in one go, and recomputes the
+city's vital signs when something changed and at a fixed interval. At start it
+restores pending and firing state from `rule_state` (so nothing is raised twice
+or forgotten) and re-warms windows from the stored readings.
+
+`RuleProcess` runs a `RuleRuntime` in a process of its own (the platform's
+choice): the engine then neither competes with the ingest for its GIL nor
+stalls it with its garbage collections. The ingest's sink encodes each chunk
+as compact columns and pipes it over; transitions and counters come back."""
 
 from __future__ import annotations
 
