@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import gc
+import itertools
 import logging
 import multiprocessing
 import multiprocessing.process
@@ -27,9 +29,9 @@ from array import array
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from itertools import repeat
+from itertools import compress, repeat
 from multiprocessing.connection import Connection
-from operator import itemgetter
+from operator import itemgetter, ne, or_
 from typing import Any
 
 import paho.mqtt.client as mqtt
@@ -41,7 +43,7 @@ from devices.model import DeviceEvent, Reading
 from devices.profile import ProfileSet
 from ingest.mqtt import BrokerAddress, make_client
 from rules.config import RuleSet
-from rules.engine import Engine, from_epoch
+from rules.engine import Engine, epoch_seconds, from_epoch
 from rules.store import (
     DeviceRow,
     device_infos,
@@ -57,7 +59,19 @@ from rules.vitals import VitalSign, changed, compute_vitals, to_payload
 
 log = logging.getLogger(__name__)
 
-Batch = tuple[Sequence[Reading], Sequence[DeviceEvent]]
+Run = tuple[str, float, list[str], list[float]]
+"""Readings of one device at one time, as `Engine.ingest_runs` takes them."""
+
+
+@dataclass(frozen=True)
+class Runs:
+    """A chunk decoded into runs (`decode_runs`), with its number of readings."""
+
+    runs: list[Run]
+    readings: int
+
+
+Batch = tuple[Sequence[Reading] | Runs, Sequence[DeviceEvent]]
 
 
 @dataclass
@@ -183,6 +197,19 @@ class RuleRuntime:
                 self._backlog += size
             self._queue.put((chunk, list(events) if last else []))
 
+    def submit_runs(self, runs: Runs, events: Sequence[DeviceEvent]) -> None:
+        """As `submit`, for a chunk already decoded into runs (the rule process's input)."""
+        size = runs.readings + len(events)
+        with self._room:
+            while (
+                self._backlog > 0
+                and self._backlog + size > self.max_backlog
+                and not self._stop.is_set()
+            ):
+                self._room.wait(0.5)
+            self._backlog += size
+        self._queue.put((runs, list(events)))
+
     def _done(self, n: int) -> None:
         """`n` readings and events of the queue are evaluated: room for as many more."""
         with self._room:
@@ -284,13 +311,18 @@ class RuleRuntime:
                 if item:
                     readings, events = item
                     started, cpu = time.time(), time.thread_time()
-                    out += self.engine.ingest(readings)
+                    if isinstance(readings, Runs):
+                        out += self.engine.ingest_runs(readings.runs)
+                        count = readings.readings
+                    else:
+                        out += self.engine.ingest(readings)
+                        count = len(readings)
                     out += self.engine.events(events)
                     finished = time.time()
-                    self.stats.add(len(readings), len(events), finished, time.thread_time() - cpu)
+                    self.stats.add(count, len(events), finished, time.thread_time() - cpu)
                     for evaluated in self.on_evaluated:
                         evaluated(out, started, finished)
-                    self._done(len(readings) + len(events))
+                    self._done(count + len(events))
                     if self.engine.clock is not None:
                         self._clock_wall = (self.engine.clock, time.monotonic())
                 now = time.monotonic()
@@ -396,6 +428,32 @@ def decode_batch(data: bytes) -> tuple[list[Reading], list[DeviceEvent]]:
     # tuple.__new__ is what Reading(...) does, without its Python-level __new__.
     rows = zip(ts, devices, metrics, values, quality, strict=True)
     return list(map(tuple.__new__, repeat(Reading), rows)), events
+
+
+def decode_runs(data: bytes) -> tuple[list[Run], list[DeviceEvent], int]:
+    """`encode_batch`'s readings as runs of one device and time (in their order), its
+    events, and how many readings there were: what the rule process evaluates."""
+    columns, values, _, events = pickle.loads(data)
+    (times, t_raw), (devices, d_raw), (names, m_raw) = columns
+    t, d, m = array("I"), array("I"), array("I")
+    t.frombytes(t_raw)
+    d.frombytes(d_raw)
+    m.frombytes(m_raw)
+    n = len(t)
+    if isinstance(values, bytes):
+        floats = array("d")
+        floats.frombytes(values)
+        values = floats.tolist()
+    seconds = [epoch_seconds(x) for x in times]
+    metrics = list(map(names.__getitem__, m))
+    # A run ends where the time or the device changes (compared at C speed).
+    changes = map(or_, map(ne, t[1:], t[:-1]), map(ne, d[1:], d[:-1]))
+    cuts = [0, *compress(range(1, n), changes), n] if n else []
+    runs = [
+        (devices[d[a]], seconds[t[a]], metrics[a:b], values[a:b])
+        for a, b in itertools.pairwise(cuts)
+    ]
+    return runs, events, n
 
 
 _STOP = b""
@@ -618,6 +676,13 @@ def _child_main(runtime: RuleRuntime, inbox: Connection, outbox: Connection) -> 
     runtime.start()
     while not runtime.ready.wait(0.5):
         send("status", runtime.last_error, {}, runtime.stats)
+    # As the ingest does (ingest.service): the engine allocates a short-lived container
+    # or two per reading; the restored and warmed state is frozen (never scanned again)
+    # and young collections run less often.
+    gc.collect()
+    gc.freeze()
+    young, middle, old = gc.get_threshold()
+    gc.set_threshold(max(young, 10_000), middle, old)
     send(
         "ready",
         frozenset(runtime.engine.alerts),
@@ -631,8 +696,8 @@ def _child_main(runtime: RuleRuntime, inbox: Connection, outbox: Connection) -> 
                 break  # the parent is gone: evaluate what was handed over, then end
             if data == _STOP:
                 break
-            readings, events = decode_batch(data)
-            runtime.submit(readings, events)
+            runs, events, n = decode_runs(data)
+            runtime.submit_runs(Runs(runs, n), events)
     finally:
         runtime.stop()
         stats = dataclasses.replace(runtime.stats, cpu=time.process_time())

@@ -18,6 +18,7 @@ from array import array
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from operator import itemgetter
 from typing import Any
 from zoneinfo import ZoneInfo
 
@@ -226,20 +227,17 @@ class DeviceState:
         history.add(ts, value)
         history.drop_until(self.latest[metric][0] - self.keep[metric])
 
-    def add_instant(self, ts: float, readings: Iterable[Reading]) -> set[str]:
-        """`add` every reading of one instant (all at `ts`); the metrics they bring."""
+    def add_instant(self, ts: float, metrics: list[str], values: list[float]) -> set[str]:
+        """`add` the values of one instant (all at `ts`); the metrics they bring."""
         latest, history, keep = self.latest, self.history, self.keep
         last_seen = self.last_seen
         if last_seen is not None and ts >= last_seen and not history:
             # In order, as nearly always: every value is its metric's newest.
-            for r in readings:
-                latest[r.metric] = (ts, r.value)
+            for metric, value in zip(metrics, values, strict=True):
+                latest[metric] = (ts, value)
             self.last_seen = ts
-            return {r.metric for r in readings}
-        metrics: set[str] = set()
-        for r in readings:
-            metric, value = r.metric, r.value
-            metrics.add(metric)
+            return set(metrics)
+        for metric, value in zip(metrics, values, strict=True):
             previous = latest.get(metric)
             if previous is None or ts >= previous[0]:
                 latest[metric] = previous = (ts, value)
@@ -247,9 +245,9 @@ class DeviceState:
             if series is not None:
                 series.add(ts, value)
                 series.drop_until(previous[0] - keep[metric])
-        if self.last_seen is None or ts > self.last_seen:
+        if last_seen is None or ts > last_seen:
             self.last_seen = ts
-        return metrics
+        return set(metrics)
 
 
 class _Context:
@@ -390,7 +388,13 @@ def render(
     return _TEMPLATE.sub(replace, template)
 
 
-def _group_time(item: tuple[tuple[str, float], list[Reading]]) -> float:
+_METRIC = itemgetter(2)
+_VALUE = itemgetter(3)
+_Instant = tuple[list[str], list[float]]
+"""The metrics and values of one device instant, in the order given."""
+
+
+def _group_time(item: tuple[tuple[str, float], _Instant]) -> float:
     return item[0][1]
 
 
@@ -509,7 +513,6 @@ class Engine:
 
     def ingest(self, readings: Sequence[Reading]) -> list[AlertTransition]:
         """Evaluate the device rules on new readings, instant by instant, per device."""
-        out: list[AlertTransition] = []
         groups: dict[tuple[str, float], list[Reading]] = {}
         # The ingest hands the readings of one device instant over together, sharing
         # one datetime: group runs, and convert each distinct time once.
@@ -527,14 +530,42 @@ class Engine:
                 t = seconds_of[run_ts] = epoch_seconds(run_ts)
             run = groups.setdefault((run_device, t), [])
             run.append(r)
+        return self._ingest_instants(
+            {
+                key: (list(map(_METRIC, group)), list(map(_VALUE, group)))
+                for key, group in groups.items()
+            }
+        )
+
+    def ingest_runs(
+        self, runs: Iterable[tuple[str, float, list[str], list[float]]]
+    ) -> list[AlertTransition]:
+        """`ingest` of readings given as runs: (device_id, epoch seconds, metrics, values).
+
+        The same evaluation as `ingest` of the same readings in the same order (runs of
+        one device and time are merged as `ingest` groups readings); the rule process
+        decodes its chunks straight into runs.
+        """
+        groups: dict[tuple[str, float], _Instant] = {}
+        for device_id, t, metrics, values in runs:
+            group = groups.get((device_id, t))
+            if group is None:
+                groups[device_id, t] = (metrics, values)
+            else:
+                group[0].extend(metrics)
+                group[1].extend(values)
+        return self._ingest_instants(groups)
+
+    def _ingest_instants(self, groups: dict[tuple[str, float], _Instant]) -> list[AlertTransition]:
+        out: list[AlertTransition] = []
         touched_districts: set[str] = set()
         devices, plans, tz = self.devices, self._plans, self.tz
         clock = self.clock
-        for (device_id, ts), group in sorted(groups.items(), key=_group_time):
+        for (device_id, ts), (names, values) in sorted(groups.items(), key=_group_time):
             state = devices.get(device_id)
             if state is None:
                 continue
-            metrics = state.add_instant(ts, group)
+            metrics = state.add_instant(ts, names, values)
             if clock is None or ts > clock:
                 clock = self.clock = ts
             # One context per device instant: window results are shared by every rule.

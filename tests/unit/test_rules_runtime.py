@@ -7,10 +7,18 @@ import queue
 import threading
 from datetime import UTC, datetime, timedelta
 
-from cityvitals.rules_runtime import RuleRuntime, _chunks, decode_batch, encode_batch
+from alerts.model import ConditionState
+from cityvitals.rules_runtime import (
+    RuleRuntime,
+    _chunks,
+    decode_batch,
+    decode_runs,
+    encode_batch,
+)
 from devices.model import DeviceEvent, Reading
 from devices.profile import load_profiles
-from rules.config import RuleSet
+from rules.config import RuleSet, load_rules
+from rules.engine import DeviceInfo, Engine
 
 T0 = datetime(2026, 5, 1, tzinfo=UTC)
 
@@ -72,3 +80,46 @@ def test_a_chunk_crosses_the_pipe_unchanged() -> None:
     assert [type(r.value) for r in got_readings] == [type(r.value) for r in readings]
     assert all(type(r) is Reading for r in got_readings)
     assert decode_batch(encode_batch([], [])) == ([], [])
+
+
+def test_runs_evaluate_as_the_readings_do() -> None:
+    profiles = load_profiles()
+    rules = load_rules(profiles)
+    attributes = {
+        "warning_level_m": 4.5,
+        "guaranteed_level_m": 5.2,
+        "historical_max_m": 6.0,
+        "approach_margin_m": 0.3,
+    }
+    devices = [
+        DeviceInfo(f"wl-{i}", profiles["water_level"], "d01", "", attributes) for i in range(3)
+    ]
+    batches: list[list[Reading]] = []
+    for b in range(6):
+        batch = []
+        for k in range(20):
+            at = T0 + timedelta(minutes=10 * b + k / 2)
+            for d in devices:
+                level = 4.0 + 1.5 * ((b + k // 5) % 3 == 0) + 0.01 * k
+                batch.append(Reading(at, d.device_id, "level_m", level))
+                batch.append(Reading(at, d.device_id, "battery_v", 12.6))
+        # The same instant again, apart from its first readings, and a late reading.
+        batch.append(Reading(T0 + timedelta(minutes=10 * b), "wl-0", "rssi_dbm", -90.0))
+        batch.append(Reading(T0 + timedelta(minutes=10 * b - 3), "wl-1", "level_m", 4.9))
+        batches.append(batch)
+    by_readings, by_runs = Engine(rules), Engine(rules)
+    for engine in (by_readings, by_runs):
+        engine.set_devices(devices)
+    for batch in batches:
+        want = by_readings.ingest(batch)
+        runs, events, n = decode_runs(encode_batch(batch, []))
+        assert n == len(batch) and events == []
+        assert by_runs.ingest_runs(runs) == want
+    assert any(t.state is ConditionState.FIRING for t in want) or by_readings.alerts
+    for device_id, state in by_readings.devices.items():
+        other = by_runs.devices[device_id]
+        assert (state.latest, state.last_seen) == (other.latest, other.last_seen)
+        assert {m: list(s) for m, s in state.history.items()} == {
+            m: list(s) for m, s in other.history.items()
+        }
+    assert by_readings.alerts == by_runs.alerts
