@@ -10,8 +10,10 @@ here with the platform's normal (durable) settings, as `bench/ingest.py` does:
   profiles) is imported into `devices`; a publisher process sends every device
   one message of 20 timestamped readings of its profile's metrics (quiet,
   plausible values), at full speed, twice: to an `IngestService` without a
-  sink (rules off), then to one whose sink is a `RuleRuntime` with the default
-  rules (rules on, wired as `Platform` wires it), its windows warmed first
+  sink (rules off), then to one whose sink is a `RuleProcess` (the
+  `RuleRuntime` in a process of its own) with the default rules (rules on,
+  wired as `Platform` wires it; `--rules-in thread` for a `RuleRuntime` in a
+  thread of this process), its windows warmed first
   with each device's recent history. Readings are rows of `readings` (one
   metric of one device at one time). Off: N / (first publish → last commit);
   on: N / (first publish → the engine has evaluated the last one). The rules'
@@ -21,8 +23,8 @@ here with the platform's normal (durable) settings, as `bench/ingest.py` does:
 - `latency`: the same city at half the rules-on rate, while a few water-level
   gauges alternate above and below their warning level every second under a
   bench-only rule with no `for`/`clear_for` (so every such reading is a
-  transition); publish → AlertTransition is the time `RuleRuntime.on_transitions`
-  is called (after the transition is stored) − the reading's `ts`, set at publish.
+  transition); publish → AlertTransition is the time `on_transitions` is called
+  in this process (after the transition is stored) − the reading's `ts`, set at publish.
 - `memory`: in a separate process, an `Engine` with the default rules and
   100,000 devices, each fed enough history to fill every window the rules keep
   (24 h of 5-minute rain and PM readings, 6 h of river levels, 15 min of noise;
