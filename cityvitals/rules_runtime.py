@@ -613,8 +613,7 @@ class RuleProcess:
             except (EOFError, OSError):
                 break
             if kind == "evaluated":
-                out, started, finished, n, stats = body
-                self.stats = stats
+                out, started, finished, n, self.stats, self.last_error = body
                 for evaluated in self.on_evaluated:
                     evaluated(out, started, finished)
                 with self._room:
@@ -668,7 +667,7 @@ def _child_main(runtime: RuleRuntime, inbox: Connection, outbox: Connection) -> 
         stats = dataclasses.replace(runtime.stats, cpu=time.process_time())
         n = stats.readings + stats.events - evaluated_before[0]
         evaluated_before[0] = stats.readings + stats.events
-        send("evaluated", out, started, finished, n, stats)
+        send("evaluated", out, started, finished, n, stats, runtime.last_error)
 
     evaluated_before = [0]
     runtime.on_evaluated.append(evaluated)
