@@ -17,7 +17,7 @@ from cityvitals.api_server import ApiServer, build_app
 from cityvitals.db import UpgradeResult, upgrade
 from cityvitals.notify_runtime import Notifications
 from cityvitals.rollups import RollupRefresher
-from cityvitals.rules_runtime import RuleRuntime
+from cityvitals.rules_runtime import RuleProcess
 from cityvitals.services import LocalMosquitto, LocalPostgres
 from cityvitals.settings import Settings
 from devices.profile import ProfileSet, load_profiles
@@ -124,9 +124,9 @@ class Platform:
         self.endpoints = ends
         self.profiles: ProfileSet = load_profiles(settings.profile_dirs)
         self.schema: UpgradeResult = upgrade(ends.database_url)
-        self.rules: RuleRuntime | None = None
+        self.rules: RuleProcess | None = None
         if settings.rules_enabled:
-            self.rules = RuleRuntime(
+            self.rules = RuleProcess(
                 load_rules(self.profiles, settings.rule_dirs),
                 self.profiles,
                 ends.database_url,
@@ -158,12 +158,13 @@ class Platform:
             )
 
     def start(self) -> None:
+        # The rule process is forked: first, before this process has threads of its own.
+        if self.rules is not None:
+            self.rules.start()
         if self.notifications is not None:
             self.notifications.start()
         if self.api is not None:
             self.api.start()
-        if self.rules is not None:
-            self.rules.start()
         if self.rollups is not None:
             self.rollups.start()
         self._thread = threading.Thread(target=self.ingest.run, name="ingest", daemon=True)

@@ -428,3 +428,86 @@ def daily_aqi(
                 " HJ 633-2012, and no maximum 1-hour mean was given"
             )
     return scorer.result("daily", set(values))
+
+
+# -- the hourly AQI alone, fast ------------------------------------------------------------------
+
+_TIE: Final = 1e-9
+"""Float arithmetic is trusted where the exact result is farther than this from a rounding
+tie (an integer for rounding up, a half for HJ 633-2026's rounding); nearer, the exact path
+decides. The float error is below 1e-12 for concentrations up to the table's top."""
+
+
+def _fast_iaqi(pollutant: str, c: float, averaging: Averaging, rules: RuleSet) -> int | None:
+    """`iaqi(...)` for a finite, non-negative float, in float arithmetic where that is exact.
+
+    A float compares with an integer breakpoint as its shortest decimal spelling does
+    (no float lies strictly between them), so the segment found is the exact one.
+    """
+    points = BREAKPOINTS[rules][pollutant, averaging]
+    if rules == "2026":
+        # Round half up to 1 (CO: 0.1) as the decimal spelling would be: a float's
+        # fraction is on the same side of one half as its spelling's.
+        scale = 10 if pollutant == "co" else 1
+        y = c * scale
+        floor = math.floor(y)
+        fraction = y - floor
+        if abs(fraction - 0.5) < _TIE * max(1.0, y):
+            return iaqi(pollutant, c, averaging=averaging, rules=rules)
+        k = floor + 1 if fraction > 0.5 else floor
+        top_bp, top_iaqi = points[-1]
+        if k > top_bp * scale:
+            return iaqi(pollutant, c, averaging=averaging, rules=rules)
+        for (bp_lo, i_lo), (bp_hi, i_hi) in itertools.pairwise(points):
+            if k <= bp_hi * scale:
+                span = scale * (bp_hi - bp_lo)
+                return -(-((i_hi - i_lo) * (k - scale * bp_lo) + i_lo * span) // span)
+        return top_iaqi
+    top_bp, top_iaqi = points[-1]
+    if c > top_bp:
+        return iaqi(pollutant, c, averaging=averaging, rules=rules)
+    for (bp_lo, i_lo), (bp_hi, i_hi) in itertools.pairwise(points):
+        if c <= bp_hi:
+            x = (i_hi - i_lo) * (c - bp_lo) / (bp_hi - bp_lo) + i_lo
+            up = math.ceil(x)
+            if up - x < _TIE * 1000 or x - (up - 1) < _TIE * 1000:
+                return iaqi(pollutant, c, averaging=averaging, rules=rules)
+            return up
+    return top_iaqi
+
+
+def hourly_aqi_value(
+    concentrations: Mapping[str, float], at: datetime, *, pm_24h: Mapping[str, float] | None = None
+) -> int:
+    """`hourly_aqi(concentrations, at, pm_24h=pm_24h).aqi`, for the rule engine's every reading.
+
+    The same number, without the result's details: plain finite non-negative floats of
+    known pollutants are scored in float arithmetic wherever that cannot change the
+    rounding, anything else goes through `hourly_aqi`. Raises as `hourly_aqi` does.
+    """
+    moving = pm_24h or {}
+    for values in (concentrations, moving):
+        for name, value in values.items():
+            if type(value) is not float or name not in DISPLAY_NAMES or not 0.0 <= value < math.inf:
+                return hourly_aqi(concentrations, at, pm_24h=pm_24h).aqi
+    if not concentrations or any(name not in ("pm2_5", "pm10") for name in moving):
+        return hourly_aqi(concentrations, at, pm_24h=pm_24h).aqi
+    rules = rules_for(at)
+    top: int | None = None
+    for pollutant, value in concentrations.items():
+        if pollutant in ("pm2_5", "pm10"):
+            if rules == "2012" and pollutant in moving:
+                continue  # scored below, by its 24-hour moving mean
+            score = _fast_iaqi(pollutant, value, "24h", rules)
+        else:
+            score = _fast_iaqi(pollutant, value, "1h", rules)
+        if score is not None and (top is None or score > top):
+            top = score
+    if rules == "2012":
+        for pollutant, value in moving.items():
+            score = _fast_iaqi(pollutant, value, "24h", rules)
+            if score is not None and (top is None or score > top):
+                top = score
+    if top is None:
+        return hourly_aqi(concentrations, at, pm_24h=pm_24h).aqi  # raises: nothing scored
+    return max(top, 1) if rules == "2026" else top

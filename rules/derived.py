@@ -19,7 +19,7 @@ from collections.abc import Callable, Mapping
 from datetime import datetime
 from typing import Any, Protocol
 
-from rules.aqi import AQIError, hourly_aqi
+from rules.aqi import AQIError, hourly_aqi_value
 
 RAIN_WINDOWS = {
     "rain_1h": 3600,
@@ -111,10 +111,10 @@ def _air(
     if not hourly:
         return {}
     try:
-        result = hourly_aqi(hourly, at, pm_24h=pm_24h or None)
+        aqi = hourly_aqi_value(hourly, at, pm_24h=pm_24h or None)
     except (AQIError, ValueError):
         return {}
-    return {"aqi": float(result.aqi)}
+    return {"aqi": float(aqi)}
 
 
 def _fill(

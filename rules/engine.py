@@ -12,11 +12,13 @@ unhealthy with its last error and a counter; the others keep running.
 from __future__ import annotations
 
 import bisect
+import math
 import re
 from array import array
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from operator import itemgetter
 from typing import Any
 from zoneinfo import ZoneInfo
 
@@ -47,19 +49,54 @@ class DeviceInfo:
     attributes: Mapping[str, Any] = field(default_factory=dict)
 
 
+def _add_exact(partials: list[float], x: float) -> None:
+    """Add `x` to the exact sum held as non-overlapping `partials` (Shewchuk, as `math.fsum`)."""
+    i = 0
+    for y in partials:
+        if abs(x) < abs(y):
+            x, y = y, x
+        hi = x + y
+        lo = y - (hi - x)
+        if lo:
+            partials[i] = lo
+            i += 1
+        x = hi
+    partials[i:] = [x]
+
+
+class _RunningSum:
+    """The exact sum of a series' points [first, end) (absolute indices), kept as it slides.
+
+    `math.fsum(partials)` is the correctly rounded sum of exactly those points, so a
+    window's sum or mean is bit for bit what `math.fsum` over its points gives.
+    """
+
+    __slots__ = ("end", "first", "partials")
+
+    def __init__(self) -> None:
+        self.first = self.end = 0
+        self.partials: list[float] = []
+
+
 class Series:
     """A metric's recent (time, value) points in time order, 16 bytes a point.
 
     Two float arrays with a moving start: appending and dropping the oldest are
     cheap, iteration yields (t, v) pairs oldest first, `reversed` newest first.
+    `window` finds a window's points by bisection and keeps a running exact sum per
+    window length, so a sliding sum or mean costs the points that enter and leave it,
+    not the whole window.
     """
 
-    __slots__ = ("_start", "_ts", "_vs")
+    __slots__ = ("_base", "_start", "_sums", "_ts", "_vs")
 
     def __init__(self) -> None:
         self._ts = array("d")
         self._vs = array("d")
         self._start = 0
+        self._base = 0
+        """Points deleted from the arrays' front so far: index i is point _base + i."""
+        self._sums: dict[float, _RunningSum] | None = None
 
     def __len__(self) -> int:
         return len(self._ts) - self._start
@@ -78,10 +115,11 @@ class Series:
 
     def add(self, t: float, v: float) -> None:
         if len(self) and t < self._ts[-1]:
-            # A late reading: insert it in time order.
+            # A late reading: insert it in time order (running sums start again).
             i = bisect.bisect_right(self._ts, t, lo=self._start)
             self._ts.insert(i, t)
             self._vs.insert(i, v)
+            self._sums = None
         else:
             self._ts.append(t)
             self._vs.append(v)
@@ -90,13 +128,79 @@ class Series:
         """Forget points at or before `horizon`."""
         ts, n = self._ts, len(self._ts)
         start = self._start
-        while start < n and ts[start] <= horizon:
-            start += 1
+        if start < n and ts[start] > horizon:
+            return
+        start = bisect.bisect_right(ts, horizon, lo=start)
         self._start = start
         if start > 64 and start * 2 > n:
             del self._ts[:start]
             del self._vs[:start]
+            self._base += start
             self._start = 0
+
+    def values(self, lo: float, hi: float) -> array[float]:
+        """The values of the points in (lo, hi], oldest first."""
+        i = bisect.bisect_right(self._ts, lo, self._start)
+        return self._vs[i : bisect.bisect_right(self._ts, hi, i)]
+
+    def window(self, func: str, lo: float, now: float) -> float | None:
+        """`window_aggregate(func, points)` over the points in (lo, now]."""
+        ts = self._ts
+        i = bisect.bisect_right(ts, lo, self._start)
+        j = bisect.bisect_right(ts, now, i)
+        if func == "sum" or func == "avg":
+            if i == j:
+                return None
+            total = self._sum(now - lo, i, j)
+            return total if func == "sum" else total / (j - i)
+        if func == "count":
+            return j - i
+        vs = self._vs
+        if i == j:
+            return None
+        if func == "delta":
+            return vs[j - 1] - vs[i]
+        if func == "rate":
+            elapsed = ts[j - 1] - ts[i]
+            return None if elapsed <= 0 else (vs[j - 1] - vs[i]) / elapsed * 3600.0
+        if func == "min":
+            return min(vs[i:j])
+        if func == "max":
+            return max(vs[i:j])
+        return window_aggregate(func, list(zip(ts[i:j], vs[i:j], strict=True)))
+
+    def _sum(self, seconds: float, i: int, j: int) -> float:
+        vs, base = self._vs, self._base
+        sums = self._sums
+        if sums is None:
+            sums = self._sums = {}
+        run = sums.get(seconds)
+        first, end = i + base, j + base
+        if (
+            run is None
+            or run.first < base
+            or run.first > first
+            or run.end > end
+            or (first - run.first) + (end - run.end) > j - i
+        ):
+            # New, stale, moved back or moved past: sum the window's points afresh.
+            run = sums[seconds] = _RunningSum()
+            run.first = run.end = first
+        partials = run.partials
+        for k in range(run.end - base, j):
+            _add_exact(partials, vs[k])
+        for k in range(run.first - base, i):
+            _add_exact(partials, -vs[k])
+        run.first, run.end = first, end
+        try:
+            total = math.fsum(partials)
+        except (OverflowError, ValueError):
+            total = math.nan
+        if not math.isfinite(total):
+            # Overflow or a non-finite value: let fsum itself say what it makes of them.
+            del sums[seconds]
+            return math.fsum(vs[i:j])
+        return total
 
 
 class DeviceState:
@@ -123,6 +227,28 @@ class DeviceState:
         history.add(ts, value)
         history.drop_until(self.latest[metric][0] - self.keep[metric])
 
+    def add_instant(self, ts: float, metrics: list[str], values: list[float]) -> set[str]:
+        """`add` the values of one instant (all at `ts`); the metrics they bring."""
+        latest, history, keep = self.latest, self.history, self.keep
+        last_seen = self.last_seen
+        if last_seen is not None and ts >= last_seen and not history:
+            # In order, as nearly always: every value is its metric's newest.
+            for metric, value in zip(metrics, values, strict=True):
+                latest[metric] = (ts, value)
+            self.last_seen = ts
+            return set(metrics)
+        for metric, value in zip(metrics, values, strict=True):
+            previous = latest.get(metric)
+            if previous is None or ts >= previous[0]:
+                latest[metric] = previous = (ts, value)
+            series = history.get(metric)
+            if series is not None:
+                series.add(ts, value)
+                series.drop_until(previous[0] - keep[metric])
+        if last_seen is None or ts > last_seen:
+            self.last_seen = ts
+        return set(metrics)
+
 
 class _Context:
     """The expression language's view of one device at one instant."""
@@ -144,18 +270,11 @@ class _Context:
         cache = self.cache
         if key in cache:
             return cache[key]
-        history = self.state.history.get(metric, ())
-        lo, now = self.now - seconds, self.now
-        # Newest first, stopping at the window's start: a 1 h window of a 24 h history
-        # reads one hour of it.
-        points = []
-        for t, v in reversed(history):
-            if t <= lo:
-                break
-            if t <= now:
-                points.append((t, v))
-        points.reverse()
-        value = window_aggregate(func, points)
+        history = self.state.history.get(metric)
+        if history is None:
+            value = window_aggregate(func, ())
+        else:
+            value = history.window(func, self.now - seconds, self.now)
         result = cache[key] = None if value is None else float(value)
         return result
 
@@ -269,6 +388,45 @@ def render(
     return _TEMPLATE.sub(replace, template)
 
 
+_METRIC = itemgetter(2)
+_VALUE = itemgetter(3)
+_Instant = tuple[list[str], list[float]]
+"""The metrics and values of one device instant, in the order given."""
+
+
+def _group_time(item: tuple[tuple[str, float], _Instant]) -> float:
+    return item[0][1]
+
+
+class _RulePlan:
+    """Which of a device's rules a device instant evaluates, by the metrics it brings.
+
+    A condition rule is evaluated when the instant brings a metric it reads (or it
+    reads none); every no-data rule hears that the device spoke. In the device's
+    rule order, so transitions come out as they would rule by rule.
+    """
+
+    __slots__ = ("_by_metrics", "rules")
+
+    def __init__(self, rules: Sequence[Rule]) -> None:
+        self.rules = tuple(rules)
+        self._by_metrics: dict[frozenset[str], tuple[tuple[Rule, bool], ...]] = {}
+
+    def select(self, metrics: set[str]) -> tuple[tuple[Rule, bool], ...]:
+        key = frozenset(metrics)
+        chosen = self._by_metrics.get(key)
+        if chosen is None:
+            if len(self._by_metrics) > 256:
+                self._by_metrics.clear()  # odd mixes of metrics: keep the cache small
+            chosen = self._by_metrics[key] = tuple(
+                (rule, rule.spec.kind == "condition")
+                for rule in self.rules
+                if (rule.spec.kind == "condition" and (not rule.metrics or rule.metrics & key))
+                or rule.spec.kind == "no_data"
+            )
+        return chosen
+
+
 class Engine:
     def __init__(self, rules: RuleSet, timezone: str = "Asia/Shanghai") -> None:
         self.rules = rules
@@ -278,6 +436,7 @@ class Engine:
         self.health: dict[str, RuleHealth] = {r.name: RuleHealth() for r in rules.rules}
         self.clock: float | None = None
         self._by_device: dict[str, list[Rule]] = {}
+        self._plans: dict[str, _RulePlan] = {}
         self._by_kind: dict[str, list[Rule]] = {}
         self._population: dict[tuple[str, str], int] = {}
         for rule in rules.rules:
@@ -287,6 +446,8 @@ class Engine:
 
     def set_devices(self, devices: Iterable[DeviceInfo]) -> None:
         """(Re)load the registry; known devices keep their values and history."""
+        # Devices with the same rules share one plan (and its cache).
+        plans: dict[tuple[int, ...], _RulePlan] = {}
         for given in devices:
             info = DeviceInfo(
                 given.device_id,
@@ -313,6 +474,11 @@ class Engine:
                     state.history[metric] = old.history.get(metric, Series())
             self.devices[info.device_id] = state
             self._by_device[info.device_id] = rules
+            same = tuple(id(r) for r in rules)
+            plan = plans.get(same)
+            if plan is None:
+                plan = plans[same] = _RulePlan(rules)
+            self._plans[info.device_id] = plan
         # Devices each rule applies to, per district and city-wide (for area rules).
         population: dict[tuple[str, str], int] = {}
         for device_id, rules in self._by_device.items():
@@ -347,37 +513,80 @@ class Engine:
 
     def ingest(self, readings: Sequence[Reading]) -> list[AlertTransition]:
         """Evaluate the device rules on new readings, instant by instant, per device."""
-        out: list[AlertTransition] = []
         groups: dict[tuple[str, float], list[Reading]] = {}
+        # The ingest hands the readings of one device instant over together, sharing
+        # one datetime: group runs, and convert each distinct time once.
+        seconds_of: dict[datetime, float] = {}
+        run_device: str | None = None
+        run_ts: datetime | None = None
+        run: list[Reading] = []
         for r in readings:
-            groups.setdefault((r.device_id, epoch_seconds(r.ts)), []).append(r)
+            if r.ts is run_ts and r.device_id is run_device:
+                run.append(r)
+                continue
+            run_device, run_ts = r.device_id, r.ts
+            t = seconds_of.get(run_ts)
+            if t is None:
+                t = seconds_of[run_ts] = epoch_seconds(run_ts)
+            run = groups.setdefault((run_device, t), [])
+            run.append(r)
+        return self._ingest_instants(
+            {
+                key: (list(map(_METRIC, group)), list(map(_VALUE, group)))
+                for key, group in groups.items()
+            }
+        )
+
+    def ingest_runs(
+        self, runs: Iterable[tuple[str, float, list[str], list[float]]]
+    ) -> list[AlertTransition]:
+        """`ingest` of readings given as runs: (device_id, epoch seconds, metrics, values).
+
+        The same evaluation as `ingest` of the same readings in the same order (runs of
+        one device and time are merged as `ingest` groups readings); the rule process
+        decodes its chunks straight into runs.
+        """
+        groups: dict[tuple[str, float], _Instant] = {}
+        for device_id, t, metrics, values in runs:
+            group = groups.get((device_id, t))
+            if group is None:
+                groups[device_id, t] = (metrics, values)
+            else:
+                group[0].extend(metrics)
+                group[1].extend(values)
+        return self._ingest_instants(groups)
+
+    def _ingest_instants(self, groups: dict[tuple[str, float], _Instant]) -> list[AlertTransition]:
+        out: list[AlertTransition] = []
         touched_districts: set[str] = set()
-        for (device_id, ts), group in sorted(groups.items(), key=lambda kv: kv[0][1]):
-            state = self.devices.get(device_id)
+        devices, plans, tz = self.devices, self._plans, self.tz
+        clock = self.clock
+        for (device_id, ts), (names, values) in sorted(groups.items(), key=_group_time):
+            state = devices.get(device_id)
             if state is None:
                 continue
-            for r in group:
-                state.add(ts, r.metric, r.value)
-            self.clock = ts if self.clock is None else max(self.clock, ts)
-            metrics = {r.metric for r in group}
+            metrics = state.add_instant(ts, names, values)
+            if clock is None or ts > clock:
+                clock = self.clock = ts
             # One context per device instant: window results are shared by every rule.
-            ctx = _Context(state, ts, self.tz)
-            derive = COMPUTE.get(state.info.profile.name)
+            ctx = _Context(state, ts, tz)
+            info = state.info
+            derive = COMPUTE.get(info.profile.name)
             if derive is not None:
-                for name, value in derive(
-                    ctx, from_epoch(ts), state.info.attributes, metrics
-                ).items():
+                for name, value in derive(ctx, from_epoch(ts), info.attributes, metrics).items():
                     state.add(ts, name, value)
                     metrics.add(name)
+            plan = plans.get(device_id)
+            if plan is None:
+                continue
             before = len(out)
-            for rule in self._by_device.get(device_id, ()):
-                kind = rule.spec.kind
-                if kind == "condition" and (not rule.metrics or rule.metrics & metrics):
+            for rule, condition in plan.select(metrics):
+                if condition:
                     self._evaluate(rule, state, ts, out, ctx)
-                elif kind == "no_data":
+                else:
                     self._no_data_back(rule, state, ts, out)
             if len(out) > before:
-                touched_districts.add(state.info.district)
+                touched_districts.add(info.district)
         out += self._areas(touched_districts, self.clock)
         return out
 
@@ -536,6 +745,8 @@ class Engine:
         t: float,
         out: list[AlertTransition],
     ) -> None:
+        if st is None and level is None:
+            return
         hold = rule.spec.for_.total_seconds()
         clear_for = rule.spec.clear_for.total_seconds()
         if st is None:

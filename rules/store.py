@@ -17,10 +17,19 @@ from rules.engine import AlertState, DeviceInfo, Engine, RuleHealth, epoch_secon
 Conn = psycopg.Connection[tuple[Any, ...]]
 
 
-def load_devices(conn: Conn, profiles: Mapping[str, DeviceProfile]) -> list[DeviceInfo]:
-    rows = conn.execute(
+DeviceRow = tuple[Any, ...]
+"""A `devices` row as `device_rows` reads it: device_id, profile, district, name, attributes."""
+
+
+def device_rows(conn: Conn) -> list[DeviceRow]:
+    return conn.execute(
         "SELECT device_id, profile, district, name, attributes FROM devices"
     ).fetchall()
+
+
+def device_infos(
+    rows: Iterable[DeviceRow], profiles: Mapping[str, DeviceProfile]
+) -> list[DeviceInfo]:
     # Profile defaults fill what the registry leaves out (a provisional device has
     # no attributes at all).
     return [
@@ -34,6 +43,10 @@ def load_devices(conn: Conn, profiles: Mapping[str, DeviceProfile]) -> list[Devi
         for d, p, s, n, a in rows
         if str(p) in profiles
     ]
+
+
+def load_devices(conn: Conn, profiles: Mapping[str, DeviceProfile]) -> list[DeviceInfo]:
+    return device_infos(device_rows(conn), profiles)
 
 
 def load_states(conn: Conn) -> list[AlertState]:

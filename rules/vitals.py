@@ -130,7 +130,8 @@ def _latest(state: DeviceState, metric: str) -> float | None:
 
 def _mean(state: DeviceState, metric: str, lo: float, hi: float) -> float | None:
     """Mean of the kept history of `metric` in (lo, hi], as the rule engine's windows."""
-    values = [v for t, v in state.history.get(metric, ()) if lo < t <= hi]
+    series = state.history.get(metric)
+    values = series.values(lo, hi) if series is not None else ()
     return sum(values) / len(values) if values else None
 
 
@@ -210,7 +211,8 @@ def _flood(s: _Scope, out: dict[str, Any]) -> None:
     if rain:
 
         def rain_3h(d: DeviceState) -> float | None:
-            kept = [v for t, v in d.history.get("rain_mm", ()) if s.at - 3 * 3600 < t <= s.at]
+            series = d.history.get("rain_mm")
+            kept = series.values(s.at - 3 * 3600, s.at) if series is not None else ()
             if kept:
                 return sum(kept)
             return _latest(d, "rain_3h")

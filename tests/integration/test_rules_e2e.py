@@ -220,7 +220,7 @@ def test_restart_neither_re_raises_nor_forgets(
 
     second = run(platform_settings, start_platform)
     assert second.rules is not None
-    assert "water_level:wl-1" in second.rules.engine.alerts
+    assert "water_level:wl-1" in second.rules.restored
     level(pub, topic_root, 5, 4.7)  # still yellow: nothing new
     pub.flush()
     wait_until(
