@@ -121,7 +121,7 @@ def test_rising_river_escalates_one_alert_and_vitals_follow(
     watcher.subscribe(f"{topic_root}/vitals/#", qos=1)
     watcher.loop_start()
 
-    run(platform_settings, start_platform)
+    platform = run(platform_settings, start_platform)
     pub = Publisher(broker.url)
     for minutes, value in ((0, 3.0), (5, 4.3), (10, 4.6), (15, 5.3)):
         level(pub, topic_root, minutes, value)
@@ -179,16 +179,25 @@ def test_rising_river_escalates_one_alert_and_vitals_follow(
         },
     )
     pub.flush()
-    wait_until(
-        lambda: (
-            scalar(
-                database,
-                "SELECT level FROM alerts WHERE device_id = 'el-1' AND condition = 'firing'",
-            )
-            == 4
-        ),
-        what="trapped passengers red",
-    )
+    try:
+        wait_until(
+            lambda: (
+                scalar(
+                    database,
+                    "SELECT level FROM alerts WHERE device_id = 'el-1' AND condition = 'firing'",
+                )
+                == 4
+            ),
+            what="trapped passengers red",
+        )
+    except AssertionError as exc:  # say where the event stopped
+        assert platform.rules is not None
+        raise AssertionError(
+            f"{exc}; events stored: {rows(database, 'SELECT type, ts FROM events')}; "
+            f"el-1 alerts: {rows(database, 'SELECT * FROM alerts WHERE device_id = %s', 'el-1')}; "
+            f"ingest: {platform.ingest.counters}; rules: {platform.rules.stats}, "
+            f"last error {platform.rules.last_error!r}, backlog {platform.rules.backlog}"
+        ) from None
 
     # The river falls back below the approach mark and stays there for clear_for (15 m).
     for minutes in (20, 30, 40):
