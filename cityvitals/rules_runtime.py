@@ -14,6 +14,7 @@ as compact columns and pipes it over; transitions and counters come back."""
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import dataclasses
 import gc
@@ -518,6 +519,11 @@ class RuleProcess:
         self._room = threading.Condition()
         self._stop = threading.Event()
         self._send_lock = threading.Lock()
+        self._unevaluated: collections.deque[tuple[bytes, int]] = collections.deque()
+        """Chunks handed to the child and not reported evaluated, oldest first: a child
+        that dies is replaced and they are handed to the new one."""
+        self.restarts = 0
+        """Times the child died and was replaced."""
         self._process: multiprocessing.process.BaseProcess | None = None
         self._to_child: Connection | None = None
         self._from_child: Connection | None = None
@@ -561,9 +567,18 @@ class RuleProcess:
                 self._backlog += size
             assert self._to_child is not None
             with self._send_lock:
-                self._to_child.send_bytes(data)
+                self._unevaluated.append((data, size))
+                # A dead child's pipe refuses: the chunk waits in _unevaluated for its
+                # replacement (see _read).
+                with contextlib.suppress(OSError):
+                    self._to_child.send_bytes(data)
 
     def start(self) -> None:
+        self._spawn()
+        self._reader = threading.Thread(target=self._read, name="rules-reports", daemon=True)
+        self._reader.start()
+
+    def _spawn(self) -> None:
         # Forked: the child starts with this process's rules, profiles and engine, which
         # could not all be pickled (compiled conditions are closures).
         context = multiprocessing.get_context("fork")
@@ -571,7 +586,7 @@ class RuleProcess:
         from_child_r, from_child_w = context.Pipe(duplex=False)
         self._process = context.Process(
             target=_child_main,
-            args=(self.runtime, to_child_r, from_child_w),
+            args=(self.runtime, to_child_r, from_child_w, to_child_w),
             name="cityvitals-rules",
             daemon=True,
         )
@@ -579,8 +594,36 @@ class RuleProcess:
         to_child_r.close()
         from_child_w.close()
         self._to_child, self._from_child = to_child_w, from_child_r
-        self._reader = threading.Thread(target=self._read, name="rules-reports", daemon=True)
-        self._reader.start()
+
+    def _replace_child(self, delay: float) -> None:
+        """The child died: start another (it restores state from the database) and hand
+        it what the dead one had not evaluated, in order."""
+        process = self._process
+        code = None if process is None else process.exitcode
+        self.restarts += 1
+        self.last_error = (
+            f"the rule process died (exit code {code}); restarted "
+            f"({self.restarts} time(s)), {len(self._unevaluated)} chunk(s) handed over again"
+        )
+        log.error("%s", self.last_error)
+        if process is not None:
+            process.join(5)
+        if self._stop.wait(delay):
+            return
+        with self._send_lock:
+            old = self._to_child
+            self._spawn()
+            if old is not None:
+                old.close()
+            pending = list(self._unevaluated)
+        # Outside the lock: the new child reads its inbox once it has restored state.
+        to_child = self._to_child
+        assert to_child is not None
+        for data, _ in pending:
+            try:
+                to_child.send_bytes(data)
+            except OSError:
+                return  # died again: the next round hands them over
 
     @property
     def pid(self) -> int | None:
@@ -606,14 +649,27 @@ class RuleProcess:
             self._to_child.close()
 
     def _read(self) -> None:
-        assert self._from_child is not None
+        delay = 0.0
         while True:
+            inbox = self._from_child
+            assert inbox is not None
             try:
-                kind, *body = self._from_child.recv()
+                kind, *body = inbox.recv()
             except (EOFError, OSError):
-                break
+                if self._stop.is_set():
+                    break
+                inbox.close()
+                # Back off when children keep dying (a bug, or the machine out of memory).
+                self._replace_child(delay)
+                delay = min(max(delay * 2, 0.5), 30.0)
+                continue
             if kind == "evaluated":
                 out, started, finished, n, self.stats, self.last_error = body
+                delay = 0.0
+                with self._send_lock:
+                    left = n
+                    while left > 0 and self._unevaluated:
+                        left -= self._unevaluated.popleft()[1]
                 for evaluated in self.on_evaluated:
                     evaluated(out, started, finished)
                 with self._room:
@@ -638,8 +694,13 @@ class RuleProcess:
             self._room.notify_all()
 
 
-def _child_main(runtime: RuleRuntime, inbox: Connection, outbox: Connection) -> None:
+def _child_main(
+    runtime: RuleRuntime, inbox: Connection, outbox: Connection, parent_end: Connection
+) -> None:
     """The rule process: the runtime in its thread, fed from `inbox`, reporting to `outbox`."""
+    # The fork copied the parent's end of the inbox: without closing it, the inbox would
+    # never see EOF when the parent dies, and this process would outlive it.
+    parent_end.close()
     # A lock a parent's thread held at the fork stays held here forever: a rich console
     # (with a live progress display) would hang the first log line. Plain stderr instead.
     root = logging.getLogger()
@@ -700,5 +761,6 @@ def _child_main(runtime: RuleRuntime, inbox: Connection, outbox: Connection) -> 
     finally:
         runtime.stop()
         stats = dataclasses.replace(runtime.stats, cpu=time.process_time())
-        send("stopped", runtime.last_error, rule_errors(), stats)
+        with contextlib.suppress(OSError):  # the parent may be gone
+            send("stopped", runtime.last_error, rule_errors(), stats)
         outbox.close()

@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
+import signal
+import subprocess
+import sys
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import psycopg
 import pytest
@@ -73,3 +79,98 @@ def test_transitions_come_back_and_stop_loses_nothing(database: str, profiles: P
         ),
         what="rule state stored",
     )
+
+
+def _quiet_then_high(offset: int) -> tuple[list[Reading], list[Reading]]:
+    quiet = [
+        Reading(T0 + timedelta(seconds=offset + 10 * k), f"wl-{i}", "level_m", 3.0)
+        for k in range(30)
+        for i in range(GAUGES)
+    ]
+    high = [
+        Reading(T0 + timedelta(seconds=offset + 700), f"wl-{i}", "level_m", 4.8)
+        for i in range(GAUGES)
+    ]
+    return quiet, high
+
+
+def test_a_killed_rule_process_is_replaced_and_loses_nothing(
+    database: str, profiles: ProfileSet
+) -> None:
+    _register(database)
+    runtime = RuleProcess(
+        load_rules(profiles), profiles, database, None, max_backlog=100_000, chunk=50
+    )
+    runtime.start()
+    try:
+        assert runtime.ready.wait(30), runtime.last_error
+        first = runtime.pid
+        assert first is not None
+        quiet, high = _quiet_then_high(0)
+        runtime.submit(quiet, [])
+        os.kill(first, signal.SIGKILL)
+        # Handed over while the child is dead or being replaced: kept, then evaluated.
+        runtime.submit(high, [])
+        wait_until(lambda: runtime.restarts == 1, what="the rule process replaced")
+        assert runtime.pid != first
+        assert runtime.last_error is not None and "died" in runtime.last_error
+        wait_until(
+            lambda: (
+                scalar(
+                    database,
+                    "SELECT count(*) FROM rule_state WHERE rule = 'water_level' "
+                    "AND state = 'firing'",
+                )
+                == GAUGES
+            ),
+            timeout=30,
+            what="every gauge's alert firing after the restart",
+        )
+        wait_until(lambda: runtime.backlog == 0, what="everything handed over evaluated")
+    finally:
+        runtime.stop()
+    assert runtime.restarts == 1
+    assert scalar(database, "SELECT count(*) FROM alerts WHERE rule = 'water_level'") == GAUGES
+
+
+def test_the_rule_process_ends_when_its_parent_is_killed(database: str, tmp_path: Path) -> None:
+    _register(database)
+    script = tmp_path / "parent.py"
+    script.write_text(
+        "import sys, time\n"
+        "from cityvitals.rules_runtime import RuleProcess\n"
+        "from devices.profile import load_profiles\n"
+        "from rules.config import load_rules\n"
+        "profiles = load_profiles([])\n"
+        "rp = RuleProcess(load_rules(profiles), profiles, sys.argv[1], None)\n"
+        "rp.start()\n"
+        "assert rp.ready.wait(30)\n"
+        "print(rp.pid, flush=True)\n"
+        "time.sleep(120)\n"
+    )
+    parent = subprocess.Popen(
+        [sys.executable, str(script), database], stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert parent.stdout is not None
+        child = int(parent.stdout.readline())
+        os.kill(parent.pid, signal.SIGKILL)
+        parent.wait(10)
+
+        def gone() -> bool:
+            try:
+                os.kill(child, 0)
+            except ProcessLookupError:
+                return True
+            # A zombie (reaped by init soon) counts as gone.
+            with contextlib.suppress(OSError):
+                return Path(f"/proc/{child}/stat").read_text().split()[2] == "Z"
+            return True
+
+        wait_until(gone, timeout=20, what="the orphaned rule process to end")
+    finally:
+        if parent.poll() is None:
+            parent.kill()
+            parent.wait(10)
+        if parent.stdout is not None:
+            parent.stdout.close()
