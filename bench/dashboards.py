@@ -39,9 +39,6 @@ if str(_ROOT) not in sys.path:
 import argparse
 import contextlib
 import json
-import os
-import platform
-import re
 import statistics
 import string
 import tempfile
@@ -53,6 +50,7 @@ from typing import Any
 
 import psycopg
 
+from bench.ingest import machine_info
 from cityvitals.db import upgrade
 from cityvitals.services import LocalPostgres
 from dashboards.build import build_all
@@ -79,27 +77,6 @@ DOMAIN_OF = {
     "water_level": "hydrology",
     "air_quality": "air",
 }
-
-
-def machine_info() -> dict[str, Any]:
-    cpu = "unknown"
-    with contextlib.suppress(OSError):
-        match = re.search(r"^model name\s*:\s*(.+)$", Path("/proc/cpuinfo").read_text(), re.M)
-        cpu = match.group(1).strip() if match else platform.processor() or "unknown"
-    ram = 0
-    with contextlib.suppress(OSError):
-        match = re.search(r"MemTotal:\s+(\d+) kB", Path("/proc/meminfo").read_text())
-        ram = int(match.group(1)) * 1024 if match else 0
-    return {
-        "cpu": cpu,
-        "cores": os.cpu_count(),
-        "cores_usable": len(os.sched_getaffinity(0)),
-        "ram_bytes": ram,
-        "kernel": platform.release(),
-        "python": platform.python_version(),
-        "load_average": os.getloadavg(),
-        "psycopg": psycopg.__version__,
-    }
 
 
 def _profile_case(column: str) -> str:

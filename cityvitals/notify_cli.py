@@ -12,7 +12,6 @@ from typing import Annotated, Any
 
 import psycopg
 import typer
-from pydantic import ValidationError
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
@@ -42,13 +41,9 @@ def _fail(message: str, code: int = 1) -> typer.Exit:
 
 
 def _settings() -> Settings:
-    try:
-        return Settings()
-    except ValidationError as exc:
-        for e in exc.errors():
-            field = ".".join(str(p) for p in e["loc"])
-            err.print(f"[red]setting CITYVITALS_{field.upper()}[/red]: {escape(e['msg'])}")
-        raise typer.Exit(2) from None
+    from cityvitals.cli import _settings as settings
+
+    return settings()
 
 
 def _routing(file: Path | None) -> Routing:
