@@ -35,6 +35,7 @@ if str(_ROOT) not in sys.path:
 import argparse
 import json
 import random
+import shutil
 import statistics
 import tempfile
 import threading
@@ -289,10 +290,13 @@ def main() -> int:
             args.json.write_text(json.dumps(figures, indent=2, sort_keys=True))
         return 0 if ok else 1
     finally:
-        with psycopg.connect(admin, autocommit=True) as conn:
-            conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
-        if pg is not None:
-            pg.stop()
+        try:
+            with psycopg.connect(admin, autocommit=True) as conn:
+                conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+        finally:
+            if pg is not None:
+                pg.stop()
+            shutil.rmtree(work, ignore_errors=True)
 
 
 if __name__ == "__main__":
