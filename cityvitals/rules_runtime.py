@@ -610,20 +610,21 @@ class RuleProcess:
             process.join(5)
         if self._stop.wait(delay):
             return
+        # Under the lock, so that nothing submitted meanwhile overtakes them. The writes
+        # wait for the new child to restore state and read (submit waits meanwhile), and
+        # its reports wait in their pipe until this thread reads again.
         with self._send_lock:
             old = self._to_child
             self._spawn()
             if old is not None:
                 old.close()
-            pending = list(self._unevaluated)
-        # Outside the lock: the new child reads its inbox once it has restored state.
-        to_child = self._to_child
-        assert to_child is not None
-        for data, _ in pending:
-            try:
-                to_child.send_bytes(data)
-            except OSError:
-                return  # died again: the next round hands them over
+            to_child = self._to_child
+            assert to_child is not None
+            for data, _ in self._unevaluated:
+                try:
+                    to_child.send_bytes(data)
+                except OSError:
+                    return  # died again: the next round hands them over
 
     @property
     def pid(self) -> int | None:
