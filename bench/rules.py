@@ -806,7 +806,7 @@ class Bench:
         in_process = self.options.rules_in == "process"
         if rules is not None:
             # As Platform wires it (with Settings' defaults).
-            runtime = (RuleProcess if in_process else RuleRuntime)(
+            threaded = RuleRuntime(
                 rules,
                 self.profiles,
                 url,
@@ -814,6 +814,7 @@ class Bench:
                 topic_root=plan.root,
                 timezone=TIMEZONE,
             )
+            runtime = RuleProcess(threaded) if in_process else threaded
             engine = Engine(rules, TIMEZONE)
             runtime.engine = engine  # before start: the rule process is forked with it
             if trace is not None:

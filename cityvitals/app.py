@@ -17,7 +17,7 @@ from cityvitals.api_server import ApiServer, build_app
 from cityvitals.db import UpgradeResult, upgrade
 from cityvitals.notify_runtime import Notifications
 from cityvitals.rollups import RollupRefresher
-from cityvitals.rules_runtime import RuleProcess
+from cityvitals.rules_runtime import RuleProcess, RuleRuntime
 from cityvitals.services import LocalMosquitto, LocalPostgres
 from cityvitals.settings import Settings
 from devices.profile import ProfileSet, load_profiles
@@ -127,15 +127,17 @@ class Platform:
         self.rules: RuleProcess | None = None
         if settings.rules_enabled:
             self.rules = RuleProcess(
-                load_rules(self.profiles, settings.rule_dirs),
-                self.profiles,
-                ends.database_url,
-                ends.mqtt_url,
-                topic_root=settings.topic_root,
-                tick_interval=settings.rules_tick,
-                vitals_interval=settings.vitals_interval,
-                registry_refresh=settings.registry_refresh,
-                timezone=settings.timezone,
+                RuleRuntime(
+                    load_rules(self.profiles, settings.rule_dirs),
+                    self.profiles,
+                    ends.database_url,
+                    ends.mqtt_url,
+                    topic_root=settings.topic_root,
+                    tick_interval=settings.rules_tick,
+                    vitals_interval=settings.vitals_interval,
+                    registry_refresh=settings.registry_refresh,
+                    timezone=settings.timezone,
+                )
             )
         # Plain PostgreSQL has no continuous aggregates: the platform keeps the hourly
         # rollup the dashboards read (migration 0007) up to date itself.

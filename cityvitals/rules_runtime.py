@@ -125,6 +125,43 @@ def _chunks(readings: Sequence[Reading], size: int) -> list[Sequence[Reading]]:
     return out
 
 
+class _Backlog:
+    """Readings and events handed over and not yet evaluated, bounded.
+
+    A chunk waits while it would take the count past `limit` (one always fits an
+    empty backlog, however large), which holds the ingest back and leaves the rest
+    with the broker instead of in memory.
+    """
+
+    def __init__(self, limit: int, stop: threading.Event) -> None:
+        self.limit = limit
+        self.count = 0
+        self._stop = stop
+        self._room = threading.Condition()
+
+    def admit(self, size: int, *, count_when_stopping: bool = True) -> bool:
+        """Wait for room for `size`, or for the stop; count it. False when stopping (then
+        counted only if `count_when_stopping`)."""
+        with self._room:
+            while self.count > 0 and self.count + size > self.limit and not self._stop.is_set():
+                self._room.wait(0.5)
+            stopping = self._stop.is_set()
+            if not stopping or count_when_stopping:
+                self.count += size
+            return not stopping
+
+    def release(self, n: int) -> None:
+        """`n` were evaluated: room for as many more."""
+        with self._room:
+            self.count -= n
+            self._room.notify_all()
+
+    def wake(self) -> None:
+        """Let waiters see the stop."""
+        with self._room:
+            self._room.notify_all()
+
+
 class RuleRuntime:
     def __init__(
         self,
@@ -160,10 +197,9 @@ class RuleRuntime:
         """Readings and events handed over and not yet evaluated, at most (the bound)."""
         self.chunk = chunk
         """Readings evaluated (and their transitions stored) together, about."""
-        self._backlog = 0
-        self._room = threading.Condition()
         self._queue: queue.Queue[Batch | None] = queue.Queue()
         self._stop = threading.Event()
+        self._backlog = _Backlog(max_backlog, self._stop)
         self._thread: threading.Thread | None = None
         self._conn: psycopg.Connection[tuple[object, ...]] | None = None
         self._vitals: dict[tuple[str, str], VitalSign] = {}
@@ -187,35 +223,17 @@ class RuleRuntime:
         chunks = _chunks(readings, min(self.chunk, self.max_backlog))
         for i, chunk in enumerate(chunks):
             last = i == len(chunks) - 1
-            size = len(chunk) + (len(events) if last else 0)
-            with self._room:
-                while (
-                    self._backlog > 0
-                    and self._backlog + size > self.max_backlog
-                    and not self._stop.is_set()
-                ):
-                    self._room.wait(0.5)
-                self._backlog += size
+            self._backlog.admit(len(chunk) + (len(events) if last else 0))
             self._queue.put((chunk, list(events) if last else []))
 
     def submit_runs(self, runs: Runs, events: Sequence[DeviceEvent]) -> None:
         """As `submit`, for a chunk already decoded into runs (the rule process's input)."""
-        size = runs.readings + len(events)
-        with self._room:
-            while (
-                self._backlog > 0
-                and self._backlog + size > self.max_backlog
-                and not self._stop.is_set()
-            ):
-                self._room.wait(0.5)
-            self._backlog += size
+        self._backlog.admit(runs.readings + len(events))
         self._queue.put((runs, list(events)))
 
     def _done(self, n: int) -> None:
         """`n` readings and events of the queue are evaluated: room for as many more."""
-        with self._room:
-            self._backlog -= n
-            self._room.notify_all()
+        self._backlog.release(n)
 
     # -- lifecycle ----------------------------------------------------------------------
 
@@ -226,12 +244,11 @@ class RuleRuntime:
     @property
     def backlog(self) -> int:
         """Readings and events handed over by the ingest and not yet evaluated."""
-        return self._backlog
+        return self._backlog.count
 
     def stop(self, timeout: float = 30) -> None:
         self._stop.set()
-        with self._room:
-            self._room.notify_all()
+        self._backlog.wake()
         self._queue.put(None)
         if self._thread is not None:
             self._thread.join(timeout)
@@ -476,34 +493,9 @@ class RuleProcess:
     before it ends.
     """
 
-    def __init__(
-        self,
-        rules: RuleSet,
-        profiles: ProfileSet,
-        database_url: str,
-        mqtt_url: str | None,
-        topic_root: str = "city",
-        tick_interval: float = 5.0,
-        vitals_interval: float = 60.0,
-        registry_refresh: float = 30.0,
-        timezone: str = "Asia/Shanghai",
-        max_backlog: int = 200_000,
-        chunk: int = 10_000,
-    ) -> None:
-        self.runtime = RuleRuntime(
-            rules,
-            profiles,
-            database_url,
-            mqtt_url,
-            topic_root=topic_root,
-            tick_interval=tick_interval,
-            vitals_interval=vitals_interval,
-            registry_refresh=registry_refresh,
-            timezone=timezone,
-            max_backlog=max_backlog,
-            chunk=chunk,
-        )
-        """The runtime the child runs; set up its engine here before `start`."""
+    def __init__(self, runtime: RuleRuntime) -> None:
+        self.runtime = runtime
+        """The runtime the child runs (not started here); set up its engine before `start`."""
         self.on_transitions: list[Callable[[list[AlertTransition]], None]] = []
         self.on_evaluated: list[Callable[[list[AlertTransition], float, float], None]] = []
         self.stats = RuntimeStats()
@@ -515,9 +507,8 @@ class RuleProcess:
         """Fingerprints of the alerts the child restored at start."""
         self.ready = threading.Event()
         self.stopped = threading.Event()
-        self._backlog = 0
-        self._room = threading.Condition()
         self._stop = threading.Event()
+        self._backlog = _Backlog(runtime.max_backlog, self._stop)
         self._send_lock = threading.Lock()
         self._unevaluated: collections.deque[tuple[bytes, int]] = collections.deque()
         """Chunks handed to the child and not reported evaluated, oldest first: a child
@@ -545,7 +536,7 @@ class RuleProcess:
     @property
     def backlog(self) -> int:
         """Readings and events handed over and not yet evaluated."""
-        return self._backlog
+        return self._backlog.count
 
     def submit(self, readings: Sequence[Reading], events: Sequence[DeviceEvent]) -> None:
         """The ingest's sink, as `RuleRuntime.submit`."""
@@ -554,17 +545,9 @@ class RuleProcess:
             last = i == len(chunks) - 1
             size = len(chunk) + (len(events) if last else 0)
             data = encode_batch(chunk, events if last else ())
-            with self._room:
-                while (
-                    self._backlog > 0
-                    and self._backlog + size > self.max_backlog
-                    and not self._stop.is_set()
-                ):
-                    self._room.wait(0.5)
-                if self._stop.is_set():
-                    log.warning("rule process stopping: %d readings not handed over", size)
-                    return
-                self._backlog += size
+            if not self._backlog.admit(size, count_when_stopping=False):
+                log.warning("rule process stopping: %d readings not handed over", size)
+                return
             assert self._to_child is not None
             with self._send_lock:
                 self._unevaluated.append((data, size))
@@ -633,8 +616,7 @@ class RuleProcess:
     def stop(self, timeout: float = 30) -> None:
         """Let the child evaluate and store what it was handed, then end it."""
         self._stop.set()
-        with self._room:
-            self._room.notify_all()
+        self._backlog.wake()
         if self._to_child is not None:
             with self._send_lock, contextlib.suppress(OSError):
                 self._to_child.send_bytes(_STOP)
@@ -673,9 +655,7 @@ class RuleProcess:
                         left -= self._unevaluated.popleft()[1]
                 for evaluated in self.on_evaluated:
                     evaluated(out, started, finished)
-                with self._room:
-                    self._backlog -= n
-                    self._room.notify_all()
+                self._backlog.release(n)
             elif kind == "stored":
                 (out,) = body
                 self.transitions += len(out)
@@ -690,9 +670,8 @@ class RuleProcess:
                 self.last_error, self.rule_errors, self.stats = body
                 break
         self.stopped.set()
-        with self._room:
-            self._stop.set()
-            self._room.notify_all()
+        self._stop.set()
+        self._backlog.wake()
 
 
 def _child_main(

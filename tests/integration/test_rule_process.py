@@ -15,7 +15,7 @@ import pytest
 from psycopg.types.json import Jsonb
 
 from alerts.model import AlertTransition, ConditionState
-from cityvitals.rules_runtime import RuleProcess
+from cityvitals.rules_runtime import RuleProcess, RuleRuntime
 from devices.model import Reading
 from devices.profile import ProfileSet
 from rules.config import load_rules
@@ -41,7 +41,7 @@ def _register(database: str) -> None:
 def test_transitions_come_back_and_stop_loses_nothing(database: str, profiles: ProfileSet) -> None:
     _register(database)
     runtime = RuleProcess(
-        load_rules(profiles), profiles, database, None, max_backlog=500, chunk=100
+        RuleRuntime(load_rules(profiles), profiles, database, None, max_backlog=500, chunk=100)
     )
     got: list[AlertTransition] = []
     evaluated: list[float] = []
@@ -99,7 +99,7 @@ def test_a_killed_rule_process_is_replaced_and_loses_nothing(
 ) -> None:
     _register(database)
     runtime = RuleProcess(
-        load_rules(profiles), profiles, database, None, max_backlog=100_000, chunk=50
+        RuleRuntime(load_rules(profiles), profiles, database, None, max_backlog=100_000, chunk=50)
     )
     runtime.start()
     try:
@@ -138,11 +138,11 @@ def test_the_rule_process_ends_when_its_parent_is_killed(database: str, tmp_path
     script = tmp_path / "parent.py"
     script.write_text(
         "import sys, time\n"
-        "from cityvitals.rules_runtime import RuleProcess\n"
+        "from cityvitals.rules_runtime import RuleProcess, RuleRuntime\n"
         "from devices.profile import load_profiles\n"
         "from rules.config import load_rules\n"
         "profiles = load_profiles([])\n"
-        "rp = RuleProcess(load_rules(profiles), profiles, sys.argv[1], None)\n"
+        "rp = RuleProcess(RuleRuntime(load_rules(profiles), profiles, sys.argv[1], None))\n"
         "rp.start()\n"
         "assert rp.ready.wait(30)\n"
         "print(rp.pid, flush=True)\n"
