@@ -515,6 +515,8 @@ class RuleProcess:
         that dies is replaced and they are handed to the new one."""
         self.restarts = 0
         """Times the child died and was replaced."""
+        self.last_restart: str | None = None
+        """Why and when the child was last replaced (`last_error` is the live child's)."""
         self._process: multiprocessing.process.BaseProcess | None = None
         self._to_child: Connection | None = None
         self._from_child: Connection | None = None
@@ -584,9 +586,10 @@ class RuleProcess:
         process = self._process
         code = None if process is None else process.exitcode
         self.restarts += 1
-        self.last_error = (
-            f"the rule process died (exit code {code}); restarted "
-            f"({self.restarts} time(s)), {len(self._unevaluated)} chunk(s) handed over again"
+        self.last_restart = self.last_error = (
+            f"{datetime.now(UTC):%Y-%m-%d %H:%M:%S}Z: the rule process died (exit code "
+            f"{code}); restarted ({self.restarts} time(s)), {len(self._unevaluated)} "
+            "chunk(s) handed over again"
         )
         log.error("%s", self.last_error)
         if process is not None:
