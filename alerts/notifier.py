@@ -24,7 +24,7 @@ import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 import psycopg
@@ -34,16 +34,12 @@ from psycopg.types.json import Jsonb
 from alerts.escalation import Track, advance, relevel
 from alerts.group import AlertSnapshot, Grouper, GroupNotice
 from alerts.model import Level
-from alerts.outbox import OutboxItem, enqueue
+from alerts.outbox import OutboxItem, enqueue, wall_clock
 from alerts.render import Message, Renderer
 from alerts.route import Routing
 from alerts.silence import Silence, alert_attributes, list_silences, silenced_by
 
 log = logging.getLogger(__name__)
-
-
-def _wall() -> datetime:
-    return datetime.now(UTC)
 
 
 @dataclass(frozen=True, slots=True)
@@ -111,7 +107,7 @@ class Notifier:
         self,
         database_url: str,
         config: NotifierConfig,
-        clock: Callable[[], datetime] = _wall,
+        clock: Callable[[], datetime] = wall_clock,
         poll_interval: float = 1.0,
         on_enqueued: Callable[[], None] | None = None,
     ) -> None:

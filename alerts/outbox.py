@@ -39,7 +39,8 @@ log = logging.getLogger(__name__)
 STATUSES = ("pending", "sending", "sent", "failed")
 
 
-def _wall() -> datetime:
+def wall_clock() -> datetime:
+    """The services' default clock (the logic they drive takes `now`; tests pass a fake)."""
     return datetime.now(UTC)
 
 
@@ -366,7 +367,7 @@ class Sender:
         policy: RetryPolicy = RetryPolicy(),
         poll_interval: float = 1.0,
         batch: int = 20,
-        clock: Callable[[], datetime] = _wall,
+        clock: Callable[[], datetime] = wall_clock,
         name: str | None = None,
     ) -> None:
         self.database_url = database_url
