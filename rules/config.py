@@ -162,10 +162,11 @@ class Rule:
     """Profiles the rule applies to (empty: every profile)."""
     window_seconds: dict[str, float] = field(default_factory=dict)
     """Longest window kept per metric for this rule."""
+    name: str = field(init=False)
+    """`spec.name` (read for every evaluation: an attribute, not a property)."""
 
-    @property
-    def name(self) -> str:
-        return self.spec.name
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "name", self.spec.name)
 
     def applies_to(
         self, profile: DeviceProfile, district: str, device_id: str, attributes: Mapping[str, Any]

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Mapping
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any, Protocol
 
 from rules.aqi import AQIError, hourly_aqi_value
@@ -49,6 +49,13 @@ HISTORY: Mapping[str, Mapping[str, float]] = {
     },
 }
 """History each derived value needs, by profile: metric → seconds."""
+
+INPUTS: Mapping[str, frozenset[str]] = {
+    "rain_gauge": frozenset({"rain_mm"}),
+    "air_quality": frozenset(POLLUTANTS),
+    "drainage": frozenset({"level_m", "fill_ratio"}),
+}
+"""Metrics each profile's derived values are computed from (`COMPUTE` reads no others)."""
 
 NOISE_LIMITS = {
     "0": (50, 40),
@@ -89,9 +96,7 @@ class History(Protocol):
     def value(self, metric: str) -> float | None: ...
 
 
-def _rain(
-    h: History, at: datetime, attributes: Mapping[str, Any], new: set[str]
-) -> dict[str, float]:
+def _rain(h: History, t: float, attributes: Mapping[str, Any], new: set[str]) -> dict[str, float]:
     if "rain_mm" not in new:
         return {}
     out = {}
@@ -101,9 +106,7 @@ def _rain(
     return out
 
 
-def _air(
-    h: History, at: datetime, attributes: Mapping[str, Any], new: set[str]
-) -> dict[str, float]:
+def _air(h: History, t: float, attributes: Mapping[str, Any], new: set[str]) -> dict[str, float]:
     if not new.intersection(POLLUTANTS):
         return {}
     hourly = {p: v for p in POLLUTANTS if (v := h.window(p, "avg", 3600)) is not None}
@@ -111,15 +114,13 @@ def _air(
     if not hourly:
         return {}
     try:
-        aqi = hourly_aqi_value(hourly, at, pm_24h=pm_24h or None)
+        aqi = hourly_aqi_value(hourly, datetime.fromtimestamp(t, UTC), pm_24h=pm_24h or None)
     except (AQIError, ValueError):
         return {}
     return {"aqi": float(aqi)}
 
 
-def _fill(
-    h: History, at: datetime, attributes: Mapping[str, Any], new: set[str]
-) -> dict[str, float]:
+def _fill(h: History, t: float, attributes: Mapping[str, Any], new: set[str]) -> dict[str, float]:
     level = h.value("level_m")
     diameter = attributes.get("pipe_diameter_mm")
     if "level_m" not in new or "fill_ratio" in new or level is None or not diameter:
@@ -128,7 +129,9 @@ def _fill(
     return {"fill_ratio": ratio} if math.isfinite(ratio) else {}
 
 
-Derive = Callable[[History, datetime, Mapping[str, Any], set[str]], dict[str, float]]
+Derive = Callable[[History, float, Mapping[str, Any], set[str]], dict[str, float]]
+"""(the device's history, the instant in epoch seconds, its attributes, the metrics
+the instant brought) → derived values."""
 
 COMPUTE: Mapping[str, Derive] = {
     "rain_gauge": _rain,

@@ -26,7 +26,7 @@ from alerts.model import AlertTransition, ConditionState, Level
 from devices.model import DeviceEvent, Reading
 from devices.profile import DeviceProfile
 from rules.config import Rule, RuleSet
-from rules.derived import COMPUTE, HISTORY, enrich_attributes
+from rules.derived import COMPUTE, HISTORY, INPUTS, enrich_attributes
 from rules.expr import EvalError, MissingValueError, window_aggregate
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
@@ -253,13 +253,14 @@ class DeviceState:
 class _Context:
     """The expression language's view of one device at one instant."""
 
-    __slots__ = ("cache", "event", "now", "state", "tz")
+    __slots__ = ("_clock", "cache", "event", "now", "state", "tz")
 
     def __init__(
         self, state: DeviceState, now: float, tz: ZoneInfo, event: DeviceEvent | None = None
     ) -> None:
         self.state, self.now, self.tz, self.event = state, now, tz, event
         self.cache: dict[tuple[str, str, float], float | None] = {}
+        self._clock: str | None = None
 
     def value(self, metric: str) -> float | None:
         latest = self.state.latest.get(metric)
@@ -304,7 +305,13 @@ class _Context:
         )
 
     def local_time(self) -> datetime:
-        return from_epoch(self.now).astimezone(self.tz)
+        return datetime.fromtimestamp(self.now, self.tz)
+
+    def local_clock(self) -> str:
+        """Local "HH:MM" (schedules compare it with their hours), worked out once."""
+        if self._clock is None:
+            self._clock = self.local_time().strftime("%H:%M")
+        return self._clock
 
     def age(self, metric: str) -> float | None:
         latest = self.state.latest.get(metric)
@@ -442,6 +449,20 @@ class Engine:
         for rule in rules.rules:
             self._by_kind.setdefault(rule.spec.kind, []).append(rule)
 
+    def metrics_read(self) -> frozenset[str]:
+        """Every metric the engine reads: in conditions, windows, derived values' inputs
+        and summaries. Readings of other metrics change no alert; only that the device
+        spoke matters (`RuleProcess` hands over just these, and one reading an instant)."""
+        names = {metric for kept in HISTORY.values() for metric in kept}
+        for rule in self.rules.rules:
+            names |= rule.metrics
+            names.update(rule.window_seconds)
+            for text in (rule.spec.summary, rule.spec.title):
+                names.update(m.group(1) for m in _TEMPLATE.finditer(text) if "." not in m.group(1))
+        for inputs in INPUTS.values():
+            names |= inputs
+        return frozenset(names)
+
     # -- registry ---------------------------------------------------------------------
 
     def set_devices(self, devices: Iterable[DeviceInfo]) -> None:
@@ -573,7 +594,7 @@ class Engine:
             info = state.info
             derive = COMPUTE.get(info.profile.name)
             if derive is not None:
-                for name, value in derive(ctx, from_epoch(ts), info.attributes, metrics).items():
+                for name, value in derive(ctx, ts, info.attributes, metrics).items():
                     state.add(ts, name, value)
                     metrics.add(name)
             plan = plans.get(device_id)
@@ -681,7 +702,7 @@ class Engine:
         active = rule.spec.active
         if active is None:
             return False
-        local = ctx.local_time().strftime("%H:%M")
+        local = ctx.local_clock()
         start, end = active.between
         inside = start <= local < end if start <= end else (local >= start or local < end)
         return not inside

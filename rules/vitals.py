@@ -62,6 +62,13 @@ NOISE_WINDOW_S = 15 * 60
 
 TRAPPED_EVENT = "trapped_passengers"
 
+METRICS: frozenset[str] = frozenset(
+    {"level_m", "rain_mm", "rain_3h", "fill_ratio", "road_water_m", "aqi", *POLLUTANTS}
+    | {"fault_code", "state", "laeq_db"}
+)
+"""The device values vital signs are computed from (latest values and kept windows):
+a rule process must be handed these, whatever the rules read."""
+
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 

@@ -123,3 +123,36 @@ def test_runs_evaluate_as_the_readings_do() -> None:
             m: list(s) for m, s in other.history.items()
         }
     assert by_readings.alerts == by_runs.alerts
+
+
+def test_the_handover_leaves_out_unread_metrics_but_no_instant() -> None:
+    # d0 at T0: one read metric among unread ones; d1 at T0 and d0 at T0+1s: none read.
+    later = T0 + timedelta(seconds=1)
+    readings = [
+        Reading(T0, "d0", "floor", 3.0),
+        Reading(T0, "d0", "fault_code", 0.0),
+        Reading(T0, "d0", "door", 1.0),
+        Reading(T0, "d1", "rssi_dbm", -90.0),
+        Reading(T0, "d1", "floor", 2.0),
+        Reading(later, "d0", "door", 0.0),
+    ]
+    runs, _, given = decode_runs(encode_batch(readings, [], frozenset({"fault_code"})))
+    assert given == len(readings)
+    t0 = T0.timestamp()
+    assert runs == [
+        ("d0", t0, ["floor", "fault_code"], [3.0, 0.0]),
+        ("d1", t0, ["rssi_dbm"], [-90.0]),
+        ("d0", t0 + 1, ["door"], [0.0]),
+    ]
+    assert decode_runs(encode_batch([], [], frozenset()))[0] == []
+
+
+def test_the_engine_reads_rule_window_derived_and_summary_metrics() -> None:
+    profiles = load_profiles()
+    read = Engine(load_rules(profiles)).metrics_read()
+    # Conditions, windows, what AQI and fill ratio are derived from.
+    assert {"level_m", "rain_mm", "laeq_db", "pm2_5", "o3", "cover_open"} <= read
+    # The floor an elevator event's summary names.
+    assert "floor" in read
+    # An elevator's motion, a monitor's percentiles, any radio's signal strength: no rule.
+    assert not {"door", "speed_mps", "load_pct", "l90_db", "rssi_dbm"} & read
