@@ -27,7 +27,7 @@ import queue
 import threading
 import time
 from array import array
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from itertools import compress, repeat
@@ -57,9 +57,12 @@ from rules.store import (
     save_vitals,
 )
 from rules.vitals import METRICS as VITAL_METRICS
-from rules.vitals import VitalSign, changed, compute_vitals, to_payload
+from rules.vitals import VitalSign, changed, iter_vitals, to_payload
 
 log = logging.getLogger(__name__)
+
+VITALS_STEP = 0.005
+"""Seconds of vital-sign recomputation between looks at the queue of readings."""
 
 Run = tuple[str, float, list[str], list[float]]
 """Readings of one device at one time, as `Engine.ingest_runs` takes them."""
@@ -325,9 +328,14 @@ class RuleRuntime:
         self.ready.set()
         next_tick = next_vitals = next_registry = time.monotonic()
         dirty, last_vitals = False, 0.0
+        vitals: Iterator[None] | None = None
+        """A recomputation of the vital signs under way, a few signs at a time."""
         while True:
             try:
-                item = self._queue.get(timeout=max(0.05, next_tick - time.monotonic()))
+                if vitals is None:
+                    item = self._queue.get(timeout=max(0.05, next_tick - time.monotonic()))
+                else:
+                    item = self._queue.get_nowait()
             except queue.Empty:
                 item = ()  # type: ignore[assignment]
             if item is None:
@@ -357,14 +365,22 @@ class RuleRuntime:
                     next_tick = now + self.tick_interval
                 if out:
                     self._store(out)
-                # Recomputing vitals walks every device: on change, at most every 2 s.
+                # Recomputing vitals walks every device: on change, at most every 2 s,
+                # a few milliseconds at a time between chunks, so no alert waits for it.
                 dirty = dirty or bool(out)
-                if now >= next_vitals or (dirty and now - last_vitals >= 2.0):
+                if vitals is None and (now >= next_vitals or (dirty and now - last_vitals >= 2.0)):
                     forced = now >= next_vitals
-                    self._publish_vitals(force=forced)
+                    vitals = self._vitals_in_steps(force=forced)
                     dirty, last_vitals = False, now
                     if forced:
                         next_vitals = now + self.vitals_interval
+                if vitals is not None:
+                    budget = time.monotonic() + VITALS_STEP
+                    for _ in vitals:
+                        if time.monotonic() >= budget:
+                            break  # evaluate what came meanwhile, then go on
+                    else:
+                        vitals = None
                 if now >= next_registry:
                     self._refresh_registry()
                     save_health(self.conn, self.engine.health)
@@ -402,8 +418,13 @@ class RuleRuntime:
         for callback in self.on_transitions:
             callback(out)
 
-    def _publish_vitals(self, force: bool) -> None:
-        signs = compute_vitals(self.engine, self._now())
+    def _vitals_in_steps(self, force: bool) -> Iterator[None]:
+        """Recompute the vital signs, pausing after each; then store and publish those
+        that changed (all of them when `force`)."""
+        signs = []
+        for sign in iter_vitals(self.engine, self._now()):
+            signs.append(sign)
+            yield
         fresh = signs if force else changed(self._vitals, signs)
         if not fresh:
             return

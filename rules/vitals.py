@@ -23,7 +23,7 @@ from __future__ import annotations
 import json
 import math
 import re
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -388,6 +388,17 @@ def compute_vitals(engine: Engine, at: datetime) -> list[VitalSign]:
 
     Ordered city first, then districts in natural order; domains in `DOMAINS` order.
     """
+    return list(iter_vitals(engine, at))
+
+
+def iter_vitals(engine: Engine, at: datetime) -> Iterator[VitalSign]:
+    """`compute_vitals` one sign at a time, each worked out when it is asked for.
+
+    Walking every device of a city takes tens of milliseconds; the rule runtime
+    evaluates waiting readings between signs, so alerts never wait for a whole
+    recomputation. Which alerts fire, and which devices there are, is taken when
+    the first sign is asked for; levels and device values are read as each sign is.
+    """
     if at.tzinfo is None:
         raise ValueError("compute_vitals needs a timezone-aware `at`")
     t = _seconds(at)
@@ -428,7 +439,6 @@ def compute_vitals(engine: Engine, at: datetime) -> list[VitalSign]:
                 firing_in.setdefault((st.district, domain), []).append((st, rule))
     districts = {scope for scope, _ in firing_in} | set(members_of)
     districts.discard(CITY)
-    out: list[VitalSign] = []
     for scope in [CITY, *sorted(districts, key=scope_sort_key)]:
         members = members_of.get(scope, [])
         for domain in DOMAINS:
@@ -438,8 +448,7 @@ def compute_vitals(engine: Engine, at: datetime) -> list[VitalSign]:
             _INDICATORS[domain](
                 _Scope(members, kinds_of.get(scope, {}), alerts, t, local), indicators
             )
-            out.append(VitalSign(scope, domain, level, indicators, at))
-    return out
+            yield VitalSign(scope, domain, level, indicators, at)
 
 
 def changed(

@@ -7,8 +7,11 @@ import os
 import signal
 import subprocess
 import sys
+import threading
+import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import psycopg
 import pytest
@@ -175,3 +178,40 @@ def test_the_rule_process_ends_when_its_parent_is_killed(database: str, tmp_path
             parent.wait(10)
         if parent.stdout is not None:
             parent.stdout.close()
+
+
+def test_alerts_do_not_wait_for_the_vital_signs(
+    database: str, profiles: ProfileSet, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Recomputing the vital signs pauses between signs to evaluate what came meanwhile."""
+    import cityvitals.rules_runtime as rules_runtime
+
+    _register(database)
+    started = threading.Event()
+    signs: list[float] = []
+    real = rules_runtime.iter_vitals
+
+    def slow(engine: Any, at: datetime) -> Any:
+        # Stands for a city a hundred times larger: 30 ms a sign, about 3 s for them all.
+        for sign in real(engine, at):
+            started.set()
+            time.sleep(0.03)
+            signs.append(time.monotonic())
+            yield sign
+
+    monkeypatch.setattr(rules_runtime, "iter_vitals", slow)
+    runtime = RuleRuntime(load_rules(profiles), profiles, database, None, vitals_interval=3600)
+    stored: list[float] = []
+    runtime.on_transitions.append(lambda out: stored.append(time.monotonic()))
+    runtime.start()
+    try:
+        assert runtime.ready.wait(30), runtime.last_error
+        runtime.submit([Reading(T0, "wl-0", "level_m", 3.0)], [])  # the first recomputation
+        assert started.wait(10)
+        runtime.submit([Reading(T0 + timedelta(seconds=10), "wl-1", "level_m", 4.8)], [])
+        wait_until(lambda: stored, what="the transition stored")
+        wait_until(lambda: len(signs) == 12, what="the recomputation done")  # 2 scopes × 6
+        # Stored while the recomputation went on: most signs came after it.
+        assert sum(t > stored[0] for t in signs) >= 6, [round(t - stored[0], 3) for t in signs]
+    finally:
+        runtime.stop()
