@@ -365,6 +365,15 @@ class Environment:
             row = conn.execute(sql).fetchone()
         return int(row[0]) if row else 0
 
+    def drop_database(self, scenario: str) -> None:
+        """Drop a measured scenario's database: autovacuum of its millions of fresh rows
+        would otherwise load the server during the next scenario."""
+        name = f"cvbench_{self.run_id}_{scenario}"
+        with psycopg.connect(self.admin_url, autocommit=True) as conn:
+            conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+        if name in self.databases:
+            self.databases.remove(name)
+
     def cpu_meter(self) -> CpuMeter:
         postgres_pid = broker_pid = None
         if self.postgres is not None:
