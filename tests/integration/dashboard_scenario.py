@@ -24,13 +24,14 @@ from devices.registry_store import upsert_devices
 from ingest.decode import MessageDecoder
 from ingest.writer import Batch, BatchWriter, SeenDevice
 from rules.config import load_rules
-from rules.engine import DeviceInfo, Engine
+from rules.engine import Engine
 from rules.store import save_vitals
 from rules.vitals import VitalSign, changed, compute_vitals
 from simulators.city import generate_city
 from simulators.fleet import Fleet, sim_devices
 from simulators.runner import fleet_stream
 from simulators.scenario import load_scenario
+from tests.scenarios import device_infos
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,16 +57,7 @@ def play_into(
     start, end = sc.start + window[0], sc.start + window[1]
     fleet = Fleet(sim_devices(records, profiles), sc.world(city.districts), start, sc.seed)
     engine = Engine(load_rules(profiles))
-    engine.set_devices(
-        DeviceInfo(
-            r.device_id,
-            profiles[r.profile],
-            r.district,
-            r.name,
-            profiles[r.profile].device_attributes(r.attributes)[0],
-        )
-        for r in records
-    )
+    engine.set_devices(device_infos(records, profiles))
     decoder = MessageDecoder(
         profiles, {r.device_id: r.profile for r in records}, future_tolerance=timedelta(days=3650)
     )

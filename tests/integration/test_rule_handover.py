@@ -10,73 +10,34 @@ every vital sign must be the same.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from datetime import datetime, timedelta
+from datetime import timedelta
 from typing import Any
 
 import pytest
 
 from alerts.model import AlertTransition
 from cityvitals.rules_runtime import decode_runs, encode_batch
-from devices.model import DeviceEvent, Reading
-from devices.profile import load_profiles
-from ingest.decode import MessageDecoder
+from devices.profile import ProfileSet, load_profiles
 from rules.config import load_rules
-from rules.engine import DeviceInfo, Engine
+from rules.engine import Engine
 from rules.vitals import METRICS as VITAL_METRICS
 from rules.vitals import compute_vitals
-from simulators.city import generate_city
-from simulators.fleet import Fleet, sim_devices
-from simulators.runner import fleet_stream
-from simulators.scenario import load_scenario
+from simulators.city import City, generate_city
+from simulators.scenario import Scenario, load_scenario
+from tests.scenarios import device_infos, minutes
 
 pytestmark = pytest.mark.slow
 
 
-def _engines(scenario: str) -> tuple[Engine, Engine, Any, list[Any]]:
+def _city(scenario: str) -> tuple[Scenario, City, ProfileSet]:
     sc = load_scenario(scenario)
-    profiles = load_profiles()
-    city = generate_city(sc.city.districts, sc.city.devices, sc.seed)
-    infos = [
-        DeviceInfo(
-            r.device_id,
-            profiles[r.profile],
-            r.district,
-            r.name,
-            profiles[r.profile].device_attributes(r.attributes)[0],
-        )
-        for r in city.devices
-    ]
-    rules = load_rules(profiles)
-    full, handed = Engine(rules), Engine(rules)
-    for engine in (full, handed):
-        engine.set_devices(infos)
-    return full, handed, sc, city.devices
+    return sc, generate_city(sc.city.districts, sc.city.devices, sc.seed), load_profiles()
 
 
-def _batches(
-    scenario: str, records: list[Any], start: datetime, end: datetime
-) -> Iterator[tuple[datetime, list[Reading], list[DeviceEvent]]]:
-    """The scenario's messages decoded as the ingest decodes them, a minute at a time."""
-    sc = load_scenario(scenario)
-    profiles = load_profiles()
-    city = generate_city(sc.city.districts, sc.city.devices, sc.seed)
-    fleet = Fleet(sim_devices(records, profiles), sc.world(city.districts), start, sc.seed)
-    decoder = MessageDecoder(
-        profiles, {r.device_id: r.profile for r in records}, future_tolerance=timedelta(days=3650)
-    )
-    readings: list[Reading] = []
-    events: list[DeviceEvent] = []
-    flush_at = start + timedelta(minutes=1)
-    for msg in fleet_stream(fleet, end):
-        if msg.t >= flush_at:
-            yield flush_at, readings, events
-            readings, events = [], []
-            flush_at = msg.t + timedelta(minutes=1)
-        d = decoder.decode(msg.topic, msg.payload, msg.t)
-        readings += d.readings
-        events += d.events
-    yield flush_at, readings, events
+def _engine(city: City, profiles: ProfileSet) -> Engine:
+    engine = Engine(load_rules(profiles))
+    engine.set_devices(device_infos(city.devices, profiles))
+    return engine
 
 
 @pytest.mark.parametrize(
@@ -90,21 +51,27 @@ def _batches(
 def test_the_rule_process_input_gives_the_same_alerts_and_vitals(
     scenario: str, window: tuple[timedelta, timedelta]
 ) -> None:
-    full, handed, sc, records = _engines(scenario)
+    sc, city, profiles = _city(scenario)
+    full, handed = _engine(city, profiles), _engine(city, profiles)
     metrics = handed.metrics_read() | VITAL_METRICS
     start, end = sc.start + window[0], sc.start + window[1]
+    played = minutes(sc, city.districts, city.devices, profiles, start, end)
     given = sent = 0
     transitions: list[AlertTransition] = []
-    for n, (at, readings, events) in enumerate(_batches(scenario, records, start, end)):
-        want = full.ingest(readings) + full.events(events) + full.tick(at)
+    for n, (at, readings, events) in enumerate(played):
+        want = full.ingest(readings) + full.events(events)
+        if at is not None:
+            want += full.tick(at)
         runs, got_events, count = decode_runs(encode_batch(readings, events, metrics))
         assert count == len(readings)
-        got = handed.ingest_runs(runs) + handed.events(got_events) + handed.tick(at)
+        got = handed.ingest_runs(runs) + handed.events(got_events)
+        if at is not None:
+            got += handed.tick(at)
         assert got == want, at
         transitions += got
         given += len(readings)
         sent += sum(len(run[2]) for run in runs)
-        if n % 10 == 0:
+        if at is not None and n % 10 == 0:
             assert compute_vitals(handed, at) == compute_vitals(full, at), at
     assert handed.alerts == full.alerts
     assert transitions, "the window raised nothing: it tests nothing"
@@ -139,13 +106,15 @@ class _Recording(dict[str, Any]):
 
 
 def test_vital_signs_read_only_the_metrics_they_declare() -> None:
-    full, _, sc, records = _engines("typhoon")
-    start = sc.start + timedelta(hours=5)
-    last = start
-    for at, readings, events in _batches("typhoon", records, start, start + timedelta(minutes=20)):
+    sc, city, profiles = _city("typhoon")
+    full = _engine(city, profiles)
+    start = last = sc.start + timedelta(hours=5)
+    end = start + timedelta(minutes=20)
+    played = minutes(sc, city.districts, city.devices, profiles, start, end)
+    for at, readings, events in played:
         full.ingest(readings)
         full.events(events)
-        last = at
+        last = at or last
     read: set[str] = set()
     for state in full.devices.values():
         state.latest = _Recording(state.latest, read)

@@ -17,15 +17,13 @@ import pytest
 
 from alerts.model import AlertTransition
 from devices.profile import load_profiles
-from ingest.decode import MessageDecoder
 from rules.config import load_rules
-from rules.engine import DeviceInfo, Engine
+from rules.engine import Engine
 from simulators.city import generate_city
 from simulators.expectations import check, too_loud
-from simulators.fleet import Fleet, sim_devices
-from simulators.runner import fleet_stream
 from simulators.scenario import load_scenario
 from simulators.world import District
+from tests.scenarios import device_infos, minutes
 
 pytestmark = pytest.mark.slow
 
@@ -41,35 +39,13 @@ def play(
     records = [r for r in city.devices if r.profile in profiles_played]
     start = sc.start + (window[0] if window else timedelta(0))
     end = sc.start + (window[1] if window else sc.duration)
-    fleet = Fleet(sim_devices(records, profiles), sc.world(city.districts), start, sc.seed)
     engine = Engine(load_rules(profiles))
-    engine.set_devices(
-        DeviceInfo(
-            r.device_id,
-            profiles[r.profile],
-            r.district,
-            r.name,
-            profiles[r.profile].device_attributes(r.attributes)[0],
-        )
-        for r in records
-    )
-    decoder = MessageDecoder(
-        profiles, {r.device_id: r.profile for r in records}, future_tolerance=timedelta(days=3650)
-    )
+    engine.set_devices(device_infos(records, profiles))
     out: list[AlertTransition] = []
-    readings, events = [], []
-    flush_at = start + timedelta(minutes=1)
-    for msg in fleet_stream(fleet, end):
-        if msg.t >= flush_at:
-            out += engine.ingest(readings) + engine.events(events)
-            out += engine.tick(flush_at)
-            readings, events = [], []
-            flush_at = msg.t + timedelta(minutes=1)
-        d = decoder.decode(msg.topic, msg.payload, msg.t)
-        assert d.dead_letter is None, d.dead_letter
-        readings += d.readings
-        events += d.events
-    out += engine.ingest(readings) + engine.events(events)
+    for at, readings, events in minutes(sc, city.districts, records, profiles, start, end):
+        out += engine.ingest(readings) + engine.events(events)
+        if at is not None:
+            out += engine.tick(at)
     unhealthy = {n: h.last_error for n, h in engine.health.items() if not h.healthy}
     assert not unhealthy, unhealthy
     return out, city.districts
