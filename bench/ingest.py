@@ -342,8 +342,11 @@ class Environment:
             return self.postgres.url(database)
         return make_conninfo(self.admin_url, dbname=database)
 
+    def _database_name(self, scenario: str) -> str:
+        return f"cvbench_{self.run_id}_{scenario}"
+
     def _create_database(self, scenario: str, template: str | None = None) -> str:
-        name = f"cvbench_{self.run_id}_{scenario}"
+        name = self._database_name(scenario)
         with psycopg.connect(self.admin_url, autocommit=True) as conn:
             clause = f" TEMPLATE {template}" if template else ""
             conn.execute(f"CREATE DATABASE {name}{clause}")
@@ -368,7 +371,7 @@ class Environment:
     def drop_database(self, scenario: str) -> None:
         """Drop a measured scenario's database: autovacuum of its millions of fresh rows
         would otherwise load the server during the next scenario."""
-        name = f"cvbench_{self.run_id}_{scenario}"
+        name = self._database_name(scenario)
         with psycopg.connect(self.admin_url, autocommit=True) as conn:
             conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
         if name in self.databases:
