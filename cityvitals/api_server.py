@@ -13,7 +13,6 @@ import os
 import secrets
 import socket
 import threading
-from datetime import UTC, datetime
 from importlib.metadata import PackageNotFoundError
 from importlib.metadata import version as package_version
 
@@ -22,6 +21,7 @@ from fastapi import FastAPI
 
 from alerts.api import create_app
 from alerts.links import ActionLink, sign
+from alerts.outbox import wall_clock
 from cityvitals.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -31,10 +31,6 @@ LINK_SECRET_FILE = "link_secret"
 
 class ApiServerError(RuntimeError):
     """The API cannot be served; the message says why and what to change."""
-
-
-def wall_clock() -> datetime:
-    return datetime.now(UTC)
 
 
 def link_secret(settings: Settings) -> bytes:
